@@ -1,0 +1,253 @@
+"""The protected corpus: reading corpus files, adding, removing and listing documents.
+
+Adding is atomic per document: its text and band entries are written under a fresh internal
+number, and one commit script makes that number live (replacing any earlier version). A writer
+that dies midway leaves only a leased `pending` record; the next writer purges what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from textguard._redis import connect_sync
+from textguard.errors import CorpusInputError, StoreUnavailableError
+from textguard.normalise import normalise
+from textguard.pipeline import Pipeline
+from textguard.settings import Settings
+from textguard.store import IndexWriter, StagedDocument
+
+logger = logging.getLogger(__name__)
+
+_META_FIELDS = ("title", "author", "work")
+_BATCH_CHARS = 400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One protected text: `doc_id` is unique in the index; `extra` keeps other JSONL fields."""
+
+    doc_id: str
+    text: str
+    title: str = ""
+    author: str = ""
+    work: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"id": self.doc_id, "title": self.title, "author": self.author,
+                                "work": self.work, "chars": len(self.text)}
+        if self.extra:
+            meta["extra"] = self.extra
+        meta["sha256"] = hashlib.sha256(json.dumps([meta, self.text], ensure_ascii=False,
+                                                   sort_keys=True).encode()).hexdigest()
+        return meta
+
+
+@dataclass(frozen=True, slots=True)
+class AddReport:
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    characters: int = 0
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    """Documents of a .txt file (one work, id = file stem) or a .jsonl file (one per line).
+
+    Raises CorpusInputError naming the file and line of the first bad input.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            with path.open("rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if raw.strip():
+                        yield _document_from_line(path, number, raw)
+        elif suffix == ".txt":
+            text = path.read_bytes().decode("utf-8-sig")
+            yield Document(doc_id=path.stem, text=text, title=path.stem)
+        else:
+            raise CorpusInputError(f"{path}: unsupported file type {suffix or '(none)'}; use .txt or .jsonl")
+    except UnicodeDecodeError as exc:
+        raise CorpusInputError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise CorpusInputError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def _document_from_line(path: Path, number: int, raw: bytes) -> Document:
+    where = f"{path}:{number}"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CorpusInputError(f"{where}: not UTF-8 ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise CorpusInputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(record, dict):
+        raise CorpusInputError(f"{where}: expected a JSON object")
+    doc_id, text = record.pop("id", None), record.pop("text", None)
+    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
+        raise CorpusInputError(f"{where}: missing or invalid 'id' (a non-empty string or integer)")
+    if not isinstance(text, str):
+        raise CorpusInputError(f"{where}: missing or invalid 'text' (a string)")
+    meta = {key: record.pop(key, "") for key in _META_FIELDS}
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            raise CorpusInputError(f"{where}: '{key}' must be a string")
+    return Document(doc_id=str(doc_id), text=text, extra=record, **meta)
+
+
+class Corpus:
+    """The protected works in one index. `Corpus()` configures itself as the CLI does."""
+
+    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self._pipeline = Pipeline(self.settings)
+        self._client = client or connect_sync(self.settings)
+        self._writer = IndexWriter(self._client, self._pipeline.layout)
+        self._ready = False
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Corpus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(self) -> None:
+        if not self._ready:
+            try:
+                self._writer.ensure_meta()
+                self.recover()
+            except redis.RedisError as exc:
+                raise StoreUnavailableError(f"Redis error: {exc}") from exc
+            self._ready = True
+
+    def recover(self) -> int:
+        """Purge what writers that died midway left behind; returns how many were purged."""
+        purged = 0
+        for number, committed in list(self._writer.expired_pending()):
+            stored = self._writer.stored_text(number)
+            if stored is None:
+                self._writer.purge(number, None, 0, committed)
+            else:
+                meta, text = stored
+                self._writer.purge(number, self._staged_keys(text), int(meta.get("chars", len(text))), committed)
+            purged += 1
+        if purged:
+            logger.info("purged %d interrupted or withdrawn document version(s)", purged)
+        return purged
+
+    def _staged_keys(self, text: str) -> np.ndarray:
+        return self._pipeline.sketch(normalise(text))[0].keys
+
+    def add(self, documents: Iterable[Document], progress: Callable[[int], None] | None = None) -> AddReport:
+        """Index `documents`: new ids are added, changed texts replace, unchanged ones are skipped."""
+        self._prepare()
+        totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
+        batch: list[Document] = []
+        batch_chars = 0
+        try:
+            for doc in documents:
+                batch.append(doc)
+                batch_chars += len(doc.text)
+                if batch_chars >= _BATCH_CHARS:
+                    self._add_batch(batch, totals, progress)
+                    batch, batch_chars = [], 0
+            if batch:
+                self._add_batch(batch, totals, progress)
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis error: {exc}") from exc
+        return AddReport(**totals)
+
+    def _add_batch(self, batch: list[Document], totals: dict[str, int],
+                   progress: Callable[[int], None] | None) -> None:
+        latest: dict[str, Document] = {}
+        for doc in batch:  # a later line with the same id wins, as a re-add would
+            latest.pop(doc.doc_id, None)
+            latest[doc.doc_id] = doc
+        metas = {doc.doc_id: doc.meta() for doc in latest.values()}
+        stored = self._writer.stored_digests(list(latest))
+        fresh: list[Document] = []
+        for doc in latest.values():
+            if stored.get(doc.doc_id) == metas[doc.doc_id]["sha256"]:
+                totals["unchanged"] += 1
+            else:
+                fresh.append(doc)
+        if fresh:
+            numbers = self._writer.begin([d.doc_id for d in fresh])
+            staged = []
+            for doc, number in zip(fresh, numbers):
+                normalised = normalise(doc.text)
+                runs, anchors = self._pipeline.sketch(normalised)
+                staged.append(StagedDocument(doc.doc_id, number, metas[doc.doc_id], doc.text, runs.keys,
+                                             normalised.offsets[anchors]))
+            self._writer.write(staged, self.settings.max_postings)
+            for old in self._writer.commit(staged):
+                if old is None:
+                    totals["added"] += 1
+                else:
+                    totals["replaced"] += 1
+            self.recover()  # purges the versions just replaced
+        chars = sum(len(d.text) for d in batch)
+        totals["characters"] += chars
+        if progress is not None:
+            progress(chars)
+
+    def add_files(self, paths: Iterable[Path], progress: Callable[[int], None] | None = None) -> AddReport:
+        """Index corpus files after checking every line of them, so bad input indexes nothing."""
+        paths = list(paths)
+        for path in paths:
+            for _ in read_documents(path):
+                pass
+        return self.add((doc for path in paths for doc in read_documents(path)), progress)
+
+    def remove(self, doc_ids: Iterable[str]) -> list[str]:
+        """Take documents down; returns the ids that were not in the index."""
+        self._prepare()
+        missing = []
+        try:
+            for doc_id in doc_ids:
+                if self._writer.withdraw(doc_id) is None:
+                    missing.append(doc_id)
+            self.recover()
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis error: {exc}") from exc
+        return missing
+
+    def list(self) -> Iterator[dict[str, Any]]:
+        """Metadata of every document (id, title, author, work, chars, extra fields)."""
+        self._prepare()
+        entries = sorted(self._writer.documents())
+        for start in range(0, len(entries), 500):
+            chunk = entries[start:start + 500]
+            for (doc_id, _), meta in zip(chunk, self._writer.metas([n for _, n in chunk])):
+                if meta is not None:
+                    yield {k: v for k, v in meta.items() if k != "sha256"}
+
+    def stats(self) -> dict[str, Any]:
+        """documents, characters, windows (band entries), redis_bytes, bytes_per_char, pending."""
+        self._prepare()
+        counters = self._writer.counters()
+        characters = counters.get("characters", 0)
+        redis_bytes = self._writer.memory_bytes()
+        return {
+            "index": self.settings.index,
+            "documents": counters["documents"],
+            "characters": characters,
+            "windows": counters.get("entries", 0),
+            "redis_bytes": redis_bytes,
+            "bytes_per_char": round(redis_bytes / characters, 3) if characters else 0.0,
+            "pending": self._writer.pending_count(),
+            "parameters": self._pipeline.layout.record(),
+        }

@@ -1,0 +1,114 @@
+"""`Guard`: check one text against the index and decide (the API every surface uses)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from textguard._redis import connect_async
+from textguard.detect import Detector
+from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
+from textguard.pipeline import Pipeline
+from textguard.policy import Policy, Verdict
+from textguard.settings import Settings
+from textguard.store import IndexReader
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+FailMode = Literal["open", "closed", "raise"]
+
+
+class Guard:
+    """Checks answers for copied protected text. `Guard()` configures itself as the CLI does.
+
+    One Guard serves many concurrent checks; its Redis pool belongs to the event loop of the
+    first `check`. `check_sync` runs on a private loop thread, so it works inside or outside a
+    running loop.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, client: aredis.Redis | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self.pipeline = Pipeline(self.settings)
+        self.policy = Policy(self.settings)
+        self._client = client
+        self._detector: Detector | None = None
+        self._reader: IndexReader | None = None
+        self.skipped: Counter[str] = Counter()
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_guard: Guard | None = None
+
+    def _ensure_detector(self) -> tuple[Detector, IndexReader]:
+        if self._detector is None or self._reader is None:
+            if self._client is None:
+                self._client = connect_async(self.settings)
+            self._reader = IndexReader(self._client, self.pipeline.layout)
+            self._detector = Detector(self.pipeline, self._reader)
+        return self._detector, self._reader
+
+    async def check(self, text: str, *, budget_ms: float | None = None,
+                    fail_mode: FailMode | None = None) -> Verdict:
+        """Check `text`; on a skipped check, `fail_mode` decides (default: the settings').
+
+        `budget_ms` bounds the whole check (None: unbounded). A skip is counted in
+        `self.skipped` and logged; with fail_mode "raise" it raises CheckSkipped instead.
+        """
+        started = time.perf_counter()
+        detector, reader = self._ensure_detector()
+        try:
+            async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
+                await reader.ensure_compatible()
+                normalised, matches = await detector.find(text)
+        except IndexMismatchError:
+            raise
+        except (TimeoutError, RedisError, OSError, StoreUnavailableError) as exc:
+            reason = "timeout" if isinstance(exc, TimeoutError) else "redis"
+            return self._skip(text, reason, exc, started, fail_mode or self.settings.fail_mode)
+        elapsed = (time.perf_counter() - started) * 1000
+        return self.policy.decide(text, len(normalised.text), matches, elapsed)
+
+    def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
+        self.skipped[reason] += 1
+        logger.warning("check skipped (%s, fail %s): %s", reason, mode, exc or type(exc).__name__)
+        if mode == "raise":
+            raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
+        elapsed = (time.perf_counter() - started) * 1000
+        if mode == "closed":
+            message = self.settings.block_message.format(works="未能核查")
+            return Verdict("block", message, len(text), (), elapsed, skipped=reason)
+        return Verdict("allow", text, len(text), (), elapsed, skipped=reason)
+
+    def check_sync(self, text: str, **kwargs: Any) -> Verdict:
+        """Blocking `check`, for scripts and notebooks."""
+        if self._sync_guard is None:
+            self._sync_guard = Guard(self.settings)
+            self._sync_guard.skipped = self.skipped
+        return self._run_sync(self._sync_guard.check(text, **kwargs))
+
+    def _run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._sync_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="textguard-sync", daemon=True).start()
+            self._sync_loop = loop
+        return asyncio.run_coroutine_threadsafe(coroutine, self._sync_loop).result()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+            self._detector = self._reader = None
+
+    def close(self) -> None:
+        """Release the sync side's connections and loop thread."""
+        if self._sync_guard is not None and self._sync_loop is not None:
+            self._run_sync(self._sync_guard.aclose())
+            self._sync_loop.call_soon_threadsafe(self._sync_loop.stop)
+            self._sync_loop = None
+            self._sync_guard = None

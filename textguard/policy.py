@@ -1,0 +1,74 @@
+"""Stage 6: decide what to do with the spans found, and produce the text the client gets.
+
+Short quotation is lawful (适当引用): a span under `quote_chars` passes, unless the spans taken
+from one work add up to `mosaic_chars` (a copy cut into short pieces is still a copy). What does
+not pass is replaced by a notice naming the work; an answer that is mostly copied, or copies
+`block_chars` or more, is blocked whole.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from textguard.detect import Match
+from textguard.settings import Settings
+
+VerdictKind = Literal["allow", "rewrite", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    verdict: VerdictKind
+    text: str  # the text after the action
+    checked_chars: int
+    matches: tuple[Match, ...]  # spans acted on (rewritten or counted toward the block)
+    elapsed_ms: float
+    quotations: tuple[Match, ...] = field(default=())  # spans passed as lawful quotation
+    skipped: str | None = None  # why the check could not run, if it could not
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "text": self.text, "checked_chars": self.checked_chars,
+                "matches": [m.to_dict() for m in self.matches], "elapsed_ms": round(self.elapsed_ms, 3)}
+
+
+def work_name(match: Match) -> str:
+    return match.work or match.title or match.doc_id
+
+
+class Policy:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def decide(self, text: str, normalised_chars: int, matches: list[Match], elapsed_ms: float) -> Verdict:
+        s = self.settings
+        per_work: dict[str, int] = defaultdict(int)
+        for match in matches:
+            per_work[work_name(match)] += match.chars
+        flagged = [m for m in matches if m.chars >= s.quote_chars or per_work[work_name(m)] >= s.mosaic_chars]
+        quotations = tuple(m for m in matches if m not in flagged)
+        if not flagged:
+            return Verdict("allow", text, len(text), (), elapsed_ms, quotations)
+        copied = sum(m.chars for m in flagged)
+        if copied >= s.block_chars or copied >= s.block_ratio * max(normalised_chars, 1):
+            works = "》《".join(dict.fromkeys(work_name(m) for m in flagged))
+            return Verdict("block", s.block_message.format(works=works), len(text), tuple(flagged),
+                           elapsed_ms, quotations)
+        return Verdict("rewrite", self.rewrite(text, flagged), len(text), tuple(flagged), elapsed_ms, quotations)
+
+    def notice(self, match: Match) -> str:
+        return self.settings.notice.format(work=work_name(match), title=match.title, author=match.author,
+                                           doc_id=match.doc_id)
+
+    def rewrite(self, text: str, flagged: list[Match]) -> str:
+        pieces: list[str] = []
+        position = 0
+        for match in sorted(flagged, key=lambda m: m.start):
+            if match.start < position:
+                continue
+            pieces.append(text[position:match.start])
+            pieces.append(self.notice(match))
+            position = match.end
+        pieces.append(text[position:])
+        return "".join(pieces)

@@ -1,0 +1,155 @@
+"""One settings object for every surface: defaults < TOML file < environment < arguments.
+
+Environment variables are the field names upper-cased with a `TEXTGUARD_` prefix
+(`TEXTGUARD_QUOTE_CHARS=80`). The TOML file is the one named by `config_file=` or
+`TEXTGUARD_CONFIG`, else `textguard.toml` in the working directory if present; its keys are the
+field names, at top level or under a `[textguard]` table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+
+from textguard.errors import ConfigError
+
+ENV_PREFIX = "TEXTGUARD_"
+DEFAULT_CONFIG_FILE = "textguard.toml"
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("textguard", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Where the index lives.
+    redis_url: str | None = None
+    """redis://, rediss://, unix://; None starts the embedded Redis under `home`."""
+    home: Path = field(default_factory=_default_home)
+    """Data directory of the embedded Redis (and anything else kept on disk)."""
+    index: str = "default"
+    """Name of the index inside Redis, so that several corpora can share one server."""
+
+    # How text is sketched. These are recorded in the index and must match it.
+    threshold: float = 0.5
+    """Jaccard similarity of two windows that the LSH is tuned to find."""
+    num_perm: int = 4
+    """MinHash permutations per window; LSH bands x rows are chosen from these."""
+    window_shingles: int = 24
+    """Shingles per sliding window (about 40 Chinese characters)."""
+    shingle_tokens: int = 2
+    """Tokens per shingle (token n-grams)."""
+    seed: int = 1
+    bucket_bits: int = 16
+    """Band entries are spread over 2**bucket_bits Redis hashes; raise it past ~100 M chars."""
+    max_postings: int = 6
+    """Documents remembered per band value; commoner values carry no signal."""
+    user_dict: Path | None = None
+    """Optional jieba user dictionary (recorded in the index: it changes segmentation)."""
+
+    # What counts as copying.
+    quote_chars: int = 50
+    """Q: spans shorter than this many normalised characters pass as quotation."""
+    mosaic_chars: int = 100
+    """Spans from one work that add up to this many characters are copying even if short."""
+    block_ratio: float = 0.5
+    """Block when flagged text covers this share of the answer..."""
+    block_chars: int = 500
+    """...or this many normalised characters."""
+    notice: str = "〔此处省略受著作权保护的内容，出自《{work}》〕"
+    """Replaces a copied span; `{work}`, `{title}`, `{author}` and `{doc_id}` are filled in."""
+    block_message: str = "〔该回答大段复制了受著作权保护的作品（《{works}》），已被拦截〕"
+    """Replaces a blocked answer; `{works}` lists the works copied."""
+
+    # How a check runs.
+    check_timeout_ms: float = 100.0
+    """Time budget of one check in the middleware and proxy."""
+    fail_mode: Literal["open", "closed"] = "open"
+    """What to do when a check cannot run: pass the text (open) or block it (closed)."""
+    redis_timeout_s: float = 0.5
+    """Socket connect and read timeout; redis-py's 5 s default would stall requests."""
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from the TOML file, the environment and `overrides` (None = unset)."""
+        values: dict[str, Any] = {}
+        path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+        if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            path = DEFAULT_CONFIG_FILE
+        if path is not None:
+            values.update(_read_toml(Path(path)))
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        hints = typing.get_type_hints(cls)
+        converted = {name: _convert(name, value, hints[name]) for name, value in values.items()}
+        settings = cls(**converted)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if self.fail_mode not in ("open", "closed"):
+            raise ConfigError(f"fail_mode must be 'open' or 'closed', got {self.fail_mode!r}")
+        for name in ("num_perm", "window_shingles", "shingle_tokens", "quote_chars",
+                     "mosaic_chars", "block_chars", "max_postings"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 8 <= self.bucket_bits <= 24:
+            raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {path} is not valid TOML: {exc}") from exc
+    table = data.get("textguard", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"settings file {path}: [textguard] must be a table")
+    return dict(table)
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    """Coerce a TOML or environment value to the field's declared type."""
+    allowed = [t for t in typing.get_args(hint) if t is not type(None)] if _is_optional(hint) else [hint]
+    target = allowed[0]
+    if value is None:
+        return None
+    try:
+        if typing.get_origin(target) is Literal:
+            if value not in typing.get_args(target):
+                raise ValueError(f"expected one of {typing.get_args(target)}")
+            return value
+        if target is bool:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if target is Path:
+            return Path(value).expanduser()
+        return target(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)

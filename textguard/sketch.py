@@ -1,0 +1,147 @@
+"""Stage 3: MinHash sketches of every sliding window of token shingles, and their LSH bands.
+
+All windows of a text are sketched at once with numpy, using datasketch's own permutations
+(scheme affine32: murmur3 finaliser, then h -> a*h + b mod 2**32), so a window's signature is
+bit-identical to `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)` fed the same
+shingles. A band's value over consecutive windows changes only when one of its minima leaves
+or enters the window, so each text yields a short list of band *runs*. Both the corpus and a
+checked text are reduced to runs the same way, which keeps every sliding window matchable while
+storing and looking up only about 2 * num_perm / window entries per token. Each run is anchored
+at the shingle holding its first row's minimum: the same content gives the same anchor, so a
+hit pairs a position in the checked text with a position in the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import xxhash
+from datasketch import MinHash
+from datasketch.lsh import _optimal_param
+from numpy.lib.stride_tricks import sliding_window_view
+
+SCHEME = "affine32"
+TOKEN_HASH = "xxh32"
+_SEPARATOR = "\x1f"  # joins the tokens of a shingle when it is spelled out as bytes
+_MIX = np.uint32(0x9E3779B1)
+_M64 = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+
+
+@dataclass(frozen=True, slots=True)
+class SketchParams:
+    """Everything that decides a sketch; recorded in the index, which refuses a mismatch."""
+
+    num_perm: int
+    bands: int
+    rows: int
+    window: int
+    shingle: int
+    seed: int
+    threshold: float
+    scheme: str = SCHEME
+    token_hash: str = TOKEN_HASH
+
+    @classmethod
+    def choose(cls, threshold: float, num_perm: int, window: int, shingle: int, seed: int) -> SketchParams:
+        """Pick bands x rows with datasketch's optimiser for `threshold` (equal FP/FN weights)."""
+        bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+        return cls(num_perm=num_perm, bands=bands, rows=rows, window=window, shingle=shingle,
+                   seed=seed, threshold=threshold)
+
+    def as_record(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _token_hashes(tokens: Sequence[str]) -> np.ndarray:
+    return np.fromiter((xxhash.xxh32_intdigest(t.encode()) for t in tokens), dtype=np.uint32,
+                       count=len(tokens))
+
+
+def _combine(token_hashes: np.ndarray, shingle: int) -> np.ndarray:
+    """Shingle hashes from the hashes of `shingle` consecutive tokens (order-sensitive)."""
+    count = len(token_hashes) - shingle + 1
+    combined = token_hashes[:count].copy()
+    for offset in range(1, shingle):
+        combined = combined * _MIX + token_hashes[offset:offset + count]
+    return combined
+
+
+def shingle_hash(shingle: bytes) -> int:
+    """The hash of one shingle spelled out as bytes; datasketch's `hashfunc` for the same sketch."""
+    hashes = _token_hashes(shingle.decode().split(_SEPARATOR))
+    return int(_combine(hashes, len(hashes))[0])
+
+
+def shingle_bytes(tokens: Sequence[str], shingle: int) -> list[bytes]:
+    """The shingles of `tokens` as bytes, as `shingle_hash` reads them (for cross-checks)."""
+    count = max(len(tokens) - shingle + 1, 0)
+    return [_SEPARATOR.join(tokens[i:i + shingle]).encode() for i in range(count)]
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * _M64[0]
+    h = h ^ (h >> np.uint64(33))
+    h = h * _M64[1]
+    return h ^ (h >> np.uint64(33))
+
+
+@dataclass(frozen=True, slots=True)
+class BandRuns:
+    """The band runs of one text: parallel arrays, one entry per run."""
+
+    keys: np.ndarray  # uint64: band value, mixed with the band's index
+    anchors: np.ndarray  # int64: token index where the anchoring shingle starts
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class Sketcher:
+    def __init__(self, params: SketchParams) -> None:
+        self.params = params
+        template = MinHash(num_perm=params.num_perm, seed=params.seed, scheme=SCHEME)
+        a, b = template.permutations
+        self._a = np.asarray(a, dtype=np.uint32)
+        self._b = np.asarray(b, dtype=np.uint32)
+
+    def signatures(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """MinHash of every sliding window (n_windows x num_perm) and each minimum's shingle."""
+        p = self.params
+        if len(tokens) < p.shingle:
+            empty = np.zeros((0, p.num_perm), dtype=np.uint32)
+            return empty, empty.astype(np.int64)
+        hashed = _fmix32(_combine(_token_hashes(tokens), p.shingle))
+        permuted = hashed[:, None] * self._a[None, :] + self._b[None, :]
+        width = min(p.window, len(permuted))
+        windows = sliding_window_view(permuted, width, axis=0)  # (n_windows, num_perm, width)
+        argmin = windows.argmin(axis=2)
+        minima = np.take_along_axis(windows, argmin[:, :, None], axis=2)[:, :, 0]
+        return minima, argmin + np.arange(len(argmin))[:, None]
+
+    def band_runs(self, tokens: Sequence[str]) -> BandRuns:
+        minima, positions = self.signatures(tokens)
+        if len(minima) == 0:
+            return BandRuns(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+        p = self.params
+        keys: list[np.ndarray] = []
+        anchors: list[np.ndarray] = []
+        for band in range(p.bands):
+            rows = slice(band * p.rows, (band + 1) * p.rows)
+            value = np.full(len(minima), band + 1, dtype=np.uint64)
+            for column in minima[:, rows].T:
+                value = _fmix64(value * _M64[0] + column.astype(np.uint64))
+            starts = np.flatnonzero(np.r_[True, value[1:] != value[:-1]])
+            keys.append(value[starts])
+            anchors.append(positions[starts, rows.start])
+        return BandRuns(np.concatenate(keys), np.concatenate(anchors).astype(np.int64))
