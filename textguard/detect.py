@@ -3,8 +3,9 @@
 LSH hits only nominate documents and rough positions. Each nomination is verified by aligning
 the checked text with the stored text around it (rapidfuzz's bit-parallel LCS alignment), and
 the equal blocks of that alignment are chained into spans: blocks of at least `_ANCHOR` chars
-start and end a span, and gaps of up to `_GAP` chars between them (a substituted, inserted or
-deleted word, a homophone, a renamed character) are bridged, so an edited copy yields one span.
+start and end a span, blocks of `_BRIDGE` chars or more keep it going, and gaps of up to `_GAP`
+chars between them (a substituted, inserted or deleted word, a homophone, a renamed character)
+are bridged, so an edited copy yields one span.
 Alignment is repeated with found spans masked out, which recovers reordered sentences.
 """
 
@@ -22,13 +23,16 @@ from textguard.pipeline import Pipeline
 from textguard.store import DocumentRegion, IndexReader
 
 _ANCHOR = 4  # shortest equal block that can start or end a span
-_GAP = 16  # longest gap (normalised chars, each side) bridged inside a span
+_BRIDGE = 2  # shortest equal block that keeps a span going
+_GAP = 16  # longest gap (normalised chars, each side) bridged between blocks of a span
 _MIN_SPAN = 8  # shorter spans are noise (common phrases), not copying
 _MIN_SIMILARITY = 0.5
 _PAD = 160  # normalised chars of context aligned beyond the outermost hits
+_FETCH = 2000  # original chars fetched around hits, room for a stretch to grow
 _SPLIT = 800  # hits further apart than this in a document are verified separately
 _MAX_DOCUMENTS = 16  # candidate documents verified per check, most hits first
-_MAX_PASSES = 3
+_MAX_PASSES = 8  # alignments per stretch (each finds what the ones before did not)
+_MAX_GROWTH = 4  # times a stretch may grow when a span runs into its edge
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +101,7 @@ class Detector:
             return normalised, []
         ranked = sorted(hits, key=lambda n: len(hits[n]), reverse=True)[:_MAX_DOCUMENTS]
         groups = {number: _group(hits[number]) for number in ranked}
-        wanted = {number: [(d_lo - 2 * _PAD, d_hi + 2 * _PAD + (q_hi - q_lo))
+        wanted = {number: [(d_lo - _FETCH, d_hi + _FETCH + 2 * (q_hi - q_lo))
                            for (q_lo, q_hi, d_lo, d_hi) in groups[number]] for number in ranked}
         regions = await self._reader.regions(wanted)
         spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
@@ -130,59 +134,104 @@ def _extent(hits: list[tuple[int, int]]) -> tuple[int, int, int, int]:
 
 
 def _verify(query: str, region: DocumentRegion, group: tuple[int, int, int, int]) -> list[_Span]:
-    """Spans copied from `region` around one group of hits, found by repeated alignment."""
+    """Spans copied from `region` around one group of hits.
+
+    Hits mark only where some windows matched: a copy can reach well beyond them, so the
+    aligned stretch grows while a span runs into its edge.
+    """
     q_lo, q_hi, d_lo, d_hi = group
-    q_from, q_to = max(0, q_lo - _PAD), min(len(query), q_hi + _PAD)
-    # original document text around the hits (a little wider: it still holds punctuation)
-    d_from = max(0, d_lo - region.start - 2 * _PAD)
-    d_to = min(len(region.text), d_hi - region.start + 2 * _PAD + (q_hi - q_lo))
+    # the document side is wider: it still holds punctuation
+    q_from, q_to = q_lo - _PAD, q_hi + _PAD
+    d_from, d_to = d_lo - region.start - 2 * _PAD, d_hi - region.start + 2 * _PAD
+    for _ in range(_MAX_GROWTH):
+        q_from, q_to = max(0, q_from), min(len(query), q_to)
+        d_from, d_to = max(0, d_from), min(len(region.text), d_to)
+        spans, touches_start, touches_end = _align(query, q_from, q_to, region, d_from, d_to)
+        grow_start = touches_start and (q_from > 0 or d_from > 0)
+        grow_end = touches_end and (q_to < len(query) or d_to < len(region.text))
+        if not (grow_start or grow_end):
+            break
+        if grow_start:
+            q_from, d_from = q_from - 2 * _PAD, d_from - 3 * _PAD
+        if grow_end:
+            q_to, d_to = q_to + 2 * _PAD, d_to + 3 * _PAD
+    return spans
+
+
+def _align(query: str, q_from: int, q_to: int, region: DocumentRegion, d_from: int,
+           d_to: int) -> tuple[list[_Span], bool, bool]:
+    """Align query[q_from:q_to] with the region's text; also say if a span reaches an edge."""
     source = normalise(region.text[d_from:d_to])
     q_text, d_text = query[q_from:q_to], source.text
     spans: list[_Span] = []
+    touches_start = touches_end = False
     for _ in range(_MAX_PASSES):
         found = _chain(Indel.opcodes(q_text, d_text).as_list())
         if not found:
             break
-        for qs, qe, ds, de, matched, longest in found:
+        for blocks in found:
+            # An LCS may pair a span's first or last characters elsewhere; take them back.
+            blocks[0] = _extend_left(q_text, d_text, blocks[0])
+            blocks[-1] = _extend_right(q_text, d_text, blocks[-1])
+            qs, ds, qe, de = blocks[0][0], blocks[0][2], blocks[-1][1], blocks[-1][3]
+            touches_start |= qs <= _GAP or ds <= _GAP
+            touches_end |= qe >= len(q_text) - _GAP or de >= len(d_text) - _GAP
+            matched = sum(b[1] - b[0] for b in blocks)
+            longest = max(b[1] - b[0] for b in blocks)
             d_start = region.start + d_from + int(source.offsets[ds])
             d_end = region.start + d_from + int(source.offsets[de - 1]) + 1
             spans.append(_Span(q_from + qs, q_from + qe, d_start, d_end, de - ds, matched, longest))
             q_text = q_text[:qs] + "\x00" * (qe - qs) + q_text[qe:]
             d_text = d_text[:ds] + "\x01" * (de - ds) + d_text[de:]
-    return spans
+    return spans, touches_start, touches_end
 
 
-def _chain(opcodes: list[tuple[str, int, int, int, int]]) -> list[tuple[int, int, int, int, int, int]]:
-    """Chain equal blocks into spans: (q_start, q_end, d_start, d_end, matched, longest)."""
-    blocks = [(qs, qe, ds, de) for tag, qs, qe, ds, de in opcodes if tag == "equal"]
-    spans = []
-    current: list[tuple[int, int, int, int]] = []  # blocks of the span being built
+Block = tuple[int, int, int, int]  # q_start, q_end, d_start, d_end of an equal run
+
+
+def _extend_left(q: str, d: str, block: Block) -> Block:
+    qs, qe, ds, de = block
+    while qs > 0 and ds > 0 and q[qs - 1] == d[ds - 1]:
+        qs, ds = qs - 1, ds - 1
+    return qs, qe, ds, de
+
+
+def _extend_right(q: str, d: str, block: Block) -> Block:
+    qs, qe, ds, de = block
+    while qe < len(q) and de < len(d) and q[qe] == d[de]:
+        qe, de = qe + 1, de + 1
+    return qs, qe, ds, de
+
+
+def _chain(opcodes: list[tuple[str, int, int, int, int]]) -> list[list[Block]]:
+    """Chain the equal blocks of an alignment into spans (each a list of blocks)."""
+    spans: list[list[Block]] = []
+    current: list[Block] = []  # blocks of the span being built
     anchored_end = 0  # index in `current` after its last anchor block
 
     def close() -> None:
         kept = current[:anchored_end]
-        if not kept:
-            return
-        qs, ds, qe, de = kept[0][0], kept[0][2], kept[-1][1], kept[-1][3]
-        matched = sum(b[1] - b[0] for b in kept)
-        length = max(qe - qs, de - ds)
-        if matched >= _MIN_SPAN and matched / length >= _MIN_SIMILARITY:
-            spans.append((qs, qe, ds, de, matched, max(b[1] - b[0] for b in kept)))
+        if kept:
+            matched = sum(b[1] - b[0] for b in kept)
+            length = max(kept[-1][1] - kept[0][0], kept[-1][3] - kept[0][2])
+            if matched >= _MIN_SPAN and matched / length >= _MIN_SIMILARITY:
+                spans.append(kept)
 
-    for block in blocks:
-        is_anchor = block[1] - block[0] >= _ANCHOR
+    for tag, qs, qe, ds, de in opcodes:
+        if tag != "equal" or qe - qs < _BRIDGE:
+            continue  # single characters align by chance everywhere
+        is_anchor = qe - qs >= _ANCHOR
         if current:
-            last = current[anchored_end - 1] if anchored_end else current[-1]
-            if block[0] - last[1] > _GAP or block[2] - last[3] > _GAP:
+            last = current[-1]
+            if qs - last[1] > _GAP or ds - last[3] > _GAP:
                 close()
                 current, anchored_end = [], 0
         if not current and not is_anchor:
             continue
-        current.append(block)
+        current.append((qs, qe, ds, de))
         if is_anchor:
             anchored_end = len(current)
-    if current:
-        close()
+    close()
     return spans
 
 

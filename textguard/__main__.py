@@ -1,0 +1,5 @@
+import sys
+
+from textguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""The `textguard` command: corpus maintenance and checks (see README for the contract)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from textguard.corpus import Corpus, read_documents
+from textguard.errors import TextGuardError
+from textguard.guard import Guard
+from textguard.policy import Verdict
+from textguard.settings import Settings
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textguard", description="Guard LLM answers against copying a protected corpus.")
+    parser.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (env TEXTGUARD_REDIS_URL); "
+                                            "default: the embedded Redis under --home")
+    parser.add_argument("--home", help="data directory of the embedded Redis (env TEXTGUARD_HOME)")
+    parser.add_argument("--index", help="index name inside Redis (env TEXTGUARD_INDEX; default 'default')")
+    parser.add_argument("--config", help="TOML settings file (env TEXTGUARD_CONFIG; default ./textguard.toml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    corpus = commands.add_parser("corpus", help="manage the protected corpus").add_subparsers(dest="action", required=True)
+    add = corpus.add_parser("add", help="index .txt (one work per file) or .jsonl files")
+    add.add_argument("paths", nargs="+", type=Path)
+    add.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    remove = corpus.add_parser("remove", help="take documents down (nothing of them stays in Redis)")
+    remove.add_argument("ids", nargs="+")
+    listing = corpus.add_parser("list", help="list indexed documents")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    stats = corpus.add_parser("stats", help="size of the index")
+    stats.add_argument("--json", action="store_true")
+
+    check = commands.add_parser("check", help="check one text (a file, or - for standard input)")
+    check.add_argument("file", nargs="?", default="-")
+    check.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(config_file=args.config, redis_url=args.redis_url, home=args.home, index=args.index)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "corpus":
+            return _corpus(args)
+        return _check(args)
+    except TextGuardError as exc:
+        print(f"textguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("textguard: interrupted", file=sys.stderr)
+        return 130
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.action == "add":
+        # read every file through once first: bad input must fail before anything is indexed
+        total = sum(len(doc.text) for path in args.paths for doc in read_documents(path))
+        with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
+                                               disable=args.quiet, file=sys.stderr) as bar:
+            report = corpus.add((doc for path in args.paths for doc in read_documents(path)), progress=bar.update)
+        print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
+              f"({report.characters:,} characters)")
+        return 0
+    with Corpus(settings) as corpus:
+        if args.action == "remove":
+            missing = corpus.remove(args.ids)
+            for doc_id in missing:
+                print(f"textguard: not in the index: {doc_id}", file=sys.stderr)
+            print(f"removed {len(args.ids) - len(missing)}")
+            return EXIT_ERROR if missing else 0
+        if args.action == "list":
+            for meta in corpus.list():
+                if args.json:
+                    print(json.dumps(meta, ensure_ascii=False))
+                else:
+                    print("\t".join([meta["id"], meta.get("work", ""), meta.get("title", ""),
+                                     meta.get("author", ""), str(meta.get("chars", ""))]))
+            return 0
+        stats = corpus.stats()
+        if args.json:
+            print(json.dumps(stats, ensure_ascii=False))
+        else:
+            for key, value in stats.items():
+                print(f"{key}: {value}")
+        return 0
+
+
+def _read_input(name: str) -> str:
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        return Path(name).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _InputError(f"{name}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise _InputError(f"{name}: cannot read ({exc.strerror})") from exc
+
+
+class _InputError(TextGuardError):
+    pass
+
+
+def _check(args: argparse.Namespace) -> int:
+    text = _read_input(args.file)
+    guard = Guard(_settings(args))
+    try:
+        verdict = guard.check_sync(text, fail_mode="raise")
+    finally:
+        guard.close()
+    if args.json:
+        print(json.dumps(verdict.to_dict(), ensure_ascii=False))
+    else:
+        _print_verdict(text, verdict, sys.stdout.isatty())
+    return 0
+
+
+def _print_verdict(text: str, verdict: Verdict, colour: bool) -> None:
+    mark = ("\x1b[1;31m", "\x1b[0m") if colour else ("【", "】")
+    print(f"verdict: {verdict.verdict}  ({verdict.checked_chars} chars checked in {verdict.elapsed_ms:.1f} ms)")
+    for kind, matches in (("copied", verdict.matches), ("quotation (passed)", verdict.quotations)):
+        for m in matches:
+            print(f"\n{kind}: [{m.start}, {m.end}) from 《{m.work or m.title}》 {m.title} {m.author} "
+                  f"(id {m.doc_id}, source [{m.source_start}, {m.source_end}), "
+                  f"longest verbatim run {m.verbatim_chars}, similarity {m.similarity:.2f})")
+            before, after = text[max(0, m.start - 20):m.start], text[m.end:m.end + 20]
+            print(f"  …{before}{mark[0]}{text[m.start:m.end]}{mark[1]}{after}…")
+    if verdict.verdict != "allow":
+        print(f"\ntext after {verdict.verdict}:\n{verdict.text}")
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
