@@ -11,8 +11,10 @@ import pytest
 from textguard import Guard, Settings, Verdict
 from textguard.normalise import normalise
 
-PREFIX = "以下是我的回答，希望对你有帮助。关于这个问题，我们可以先从背景说起，再看具体的文字，最后谈谈自己的理解和体会。"
-SUFFIX = "以上就是全部内容，需要说明的是，不同版本之间可能有细微的差别，引用时请以权威版本为准。总的来说，这段文字值得反复阅读，每次都会有新的收获；如果还有别的问题，欢迎继续提问，我会尽量详细地回答。"
+PREFIX = ("以下是我的回答，希望对你有帮助。关于这个问题，我们可以先从背景说起，"
+          "再看具体的文字，最后谈谈自己的理解和体会。")
+SUFFIX = ("以上就是全部内容，需要说明的是，不同版本之间可能有细微的差别，引用时请以权威版本为准。"
+          "总的来说，这段文字值得反复阅读，每次都会有新的收获；如果还有别的问题，欢迎继续提问，我会尽量详细地回答。")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,8 @@ def test_verbatim_copy_is_found_with_exact_offsets_and_attribution(guard: Guard,
         assert (match.start, match.end) == expected_span(text, piece)
         assert normalise(record["text"][match.source_start:match.source_end]).text == normalise(piece).text
         assert match.verbatim_chars == 100 and match.similarity == 1.0
-        assert verdict.text == PREFIX + text[len(PREFIX):match.start] + f"〔此处省略受著作权保护的内容，出自《{record['work']}》〕" \
-            + text[match.end:]
+        notice = f"〔此处省略受著作权保护的内容，出自《{record['work']}》〕"
+        assert verdict.text == text[:match.start] + notice + text[match.end:]
 
 
 def test_mostly_copied_answer_is_blocked(guard: Guard, corpus_records: list[dict]) -> None:

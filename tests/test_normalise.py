@@ -43,7 +43,7 @@ def test_offset_map_is_valid_for_any_text(text: str) -> None:
     offsets = result.offsets.tolist()
     assert offsets == sorted(offsets)
     assert all(0 <= o < len(text) for o in offsets)
-    for char, offset in zip(result.text, offsets):
+    for char, offset in zip(result.text, offsets, strict=True):
         source = unicodedata.normalize("NFKC", text[offset]).casefold()
         simplified = opencc.OpenCC("t2s").convert(source)
         assert char in source or char in simplified

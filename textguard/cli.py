@@ -8,7 +8,6 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -23,7 +22,8 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textguard", description="Guard LLM answers against copying a protected corpus.")
+    parser = argparse.ArgumentParser(prog="textguard",
+                                     description="Guard LLM answers against copying a protected corpus.")
     parser.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (env TEXTGUARD_REDIS_URL); "
                                             "default: the embedded Redis under --home")
     parser.add_argument("--home", help="data directory of the embedded Redis (env TEXTGUARD_HOME)")
@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    corpus = commands.add_parser("corpus", help="manage the protected corpus").add_subparsers(dest="action", required=True)
+    corpus_parser = commands.add_parser("corpus", help="manage the protected corpus")
+    corpus = corpus_parser.add_subparsers(dest="action", required=True)
     add = corpus.add_parser("add", help="index .txt (one work per file) or .jsonl files")
     add.add_argument("paths", nargs="+", type=Path)
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -76,7 +77,8 @@ def _corpus(args: argparse.Namespace) -> int:
         total = sum(len(doc.text) for path in args.paths for doc in read_documents(path))
         with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
                                                disable=args.quiet, file=sys.stderr) as bar:
-            report = corpus.add((doc for path in args.paths for doc in read_documents(path)), progress=bar.update)
+            report = corpus.add((doc for path in args.paths for doc in read_documents(path)),
+                                progress=bar.update)
         print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
               f"({report.characters:,} characters)")
         return 0

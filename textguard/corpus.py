@@ -151,7 +151,7 @@ class Corpus:
     def _staged_keys(self, text: str) -> np.ndarray:
         return self._pipeline.sketch(normalise(text))[0].keys
 
-    def add(self, documents: Iterable[Document], progress: Callable[[int], None] | None = None) -> AddReport:
+    def add(self, documents: Iterable[Document], progress: Callable[[int], object] | None = None) -> AddReport:
         """Index `documents`: new ids are added, changed texts replace, unchanged ones are skipped."""
         self._prepare()
         totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
@@ -171,7 +171,7 @@ class Corpus:
         return AddReport(**totals)
 
     def _add_batch(self, batch: list[Document], totals: dict[str, int],
-                   progress: Callable[[int], None] | None) -> None:
+                   progress: Callable[[int], object] | None) -> None:
         latest: dict[str, Document] = {}
         for doc in batch:  # a later line with the same id wins, as a re-add would
             latest.pop(doc.doc_id, None)
@@ -187,7 +187,7 @@ class Corpus:
         if fresh:
             numbers = self._writer.begin([d.doc_id for d in fresh])
             staged = []
-            for doc, number in zip(fresh, numbers):
+            for doc, number in zip(fresh, numbers, strict=True):
                 normalised = normalise(doc.text)
                 runs, anchors = self._pipeline.sketch(normalised)
                 staged.append(StagedDocument(doc.doc_id, number, metas[doc.doc_id], doc.text, runs.keys,
@@ -204,7 +204,7 @@ class Corpus:
         if progress is not None:
             progress(chars)
 
-    def add_files(self, paths: Iterable[Path], progress: Callable[[int], None] | None = None) -> AddReport:
+    def add_files(self, paths: Iterable[Path], progress: Callable[[int], object] | None = None) -> AddReport:
         """Index corpus files after checking every line of them, so bad input indexes nothing."""
         paths = list(paths)
         for path in paths:
@@ -231,7 +231,7 @@ class Corpus:
         entries = sorted(self._writer.documents())
         for start in range(0, len(entries), 500):
             chunk = entries[start:start + 500]
-            for (doc_id, _), meta in zip(chunk, self._writer.metas([n for _, n in chunk])):
+            for meta in self._writer.metas([n for _, n in chunk]):
                 if meta is not None:
                     yield {k: v for k, v in meta.items() if k != "sha256"}
 

@@ -12,11 +12,12 @@ Alignment is repeated with found spans masked out, which recovers reordered sent
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rapidfuzz.distance import Indel
+from rapidfuzz.distance import Indel, MatchingBlock
 
 from textguard.normalise import Normalised, normalise
 from textguard.pipeline import Pipeline
@@ -166,7 +167,7 @@ def _align(query: str, q_from: int, q_to: int, region: DocumentRegion, d_from: i
     spans: list[_Span] = []
     touches_start = touches_end = False
     for _ in range(_MAX_PASSES):
-        found = _chain(Indel.opcodes(q_text, d_text).as_list())
+        found = _chain(Indel.opcodes(q_text, d_text).as_matching_blocks())
         if not found:
             break
         for blocks in found:
@@ -203,7 +204,7 @@ def _extend_right(q: str, d: str, block: Block) -> Block:
     return qs, qe, ds, de
 
 
-def _chain(opcodes: list[tuple[str, int, int, int, int]]) -> list[list[Block]]:
+def _chain(matching: Iterable[MatchingBlock]) -> list[list[Block]]:
     """Chain the equal blocks of an alignment into spans (each a list of blocks)."""
     spans: list[list[Block]] = []
     current: list[Block] = []  # blocks of the span being built
@@ -217,9 +218,10 @@ def _chain(opcodes: list[tuple[str, int, int, int, int]]) -> list[list[Block]]:
             if matched >= _MIN_SPAN and matched / length >= _MIN_SIMILARITY:
                 spans.append(kept)
 
-    for tag, qs, qe, ds, de in opcodes:
-        if tag != "equal" or qe - qs < _BRIDGE:
+    for qs, ds, size in matching:
+        if size < _BRIDGE:
             continue  # single characters align by chance everywhere
+        qe, de = qs + size, ds + size
         is_anchor = qe - qs >= _ANCHOR
         if current:
             last = current[-1]

@@ -76,9 +76,9 @@ class Guard:
 
     def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
         self.skipped[reason] += 1
-        logger.warning("check skipped (%s, fail %s): %s", reason, mode, exc or type(exc).__name__)
         if mode == "raise":
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
+        logger.warning("check skipped (%s), failing %s: %s", reason, mode, str(exc) or type(exc).__name__)
         elapsed = (time.perf_counter() - started) * 1000
         if mode == "closed":
             message = self.settings.block_message.format(works="未能核查")

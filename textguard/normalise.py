@@ -77,9 +77,9 @@ def _normalise_slowly(text: str) -> Normalised:
 
 def _simplify(text: str) -> str:
     """Traditional to Simplified without changing the length (the offset map depends on it)."""
-    simplified = _to_simplified.convert(text)
+    simplified: str = _to_simplified.convert(text)
     if len(simplified) == len(text):
         return simplified
     # A phrase rule changed the length: convert character by character instead.
     per_char = [_to_simplified.convert(c) for c in text]
-    return "".join(s if len(s) == 1 else c for s, c in zip(per_char, text))
+    return "".join(s if len(s) == 1 else c for s, c in zip(per_char, text, strict=True))

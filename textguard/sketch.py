@@ -85,7 +85,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     h = h * np.uint32(0x85EBCA6B)
     h = h ^ (h >> np.uint32(13))
     h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
+    mixed: np.ndarray = h ^ (h >> np.uint32(16))
+    return mixed
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
@@ -93,7 +94,8 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     h = h * _M64[0]
     h = h ^ (h >> np.uint64(33))
     h = h * _M64[1]
-    return h ^ (h >> np.uint64(33))
+    mixed: np.ndarray = h ^ (h >> np.uint64(33))
+    return mixed
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,14 +265,14 @@ class IndexReader:
             pipe.hmget(self._layout.document(number), ["meta", *(f"t{c}" for c in chunks)])
         live, *documents = await pipe.execute()
         regions: list[DocumentRegion] = []
-        for number, is_live, chunks, values in zip(numbers, live, chunk_lists, documents):
+        for number, is_live, chunks, values in zip(numbers, live, chunk_lists, documents, strict=True):
             if is_live is None or values[0] is None:
                 continue  # not committed, or withdrawn since the lookup
             meta = json.loads(values[0])
             # consecutive chunks form one region; a gap starts another
             current: list[str] = []
             region_start = previous = -2
-            for chunk, blob in zip(chunks, values[1:]):
+            for chunk, blob in zip(chunks, values[1:], strict=True):
                 if blob is None:
                     continue
                 if chunk != previous + 1 and current:
@@ -312,9 +312,9 @@ class IndexWriter:
     def stored_digests(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Content digest of the live version of each of `doc_ids` that is indexed."""
         numbers = self._client.hmget(self._layout.docs, list(doc_ids)) if doc_ids else []
-        present = [(doc_id, int(n)) for doc_id, n in zip(doc_ids, numbers) if n is not None]
+        present = [(doc_id, int(n)) for doc_id, n in zip(doc_ids, numbers, strict=True) if n is not None]
         metas = self.metas([n for _, n in present])
-        return {doc_id: meta["sha256"] for (doc_id, _), meta in zip(present, metas) if meta}
+        return {doc_id: meta["sha256"] for (doc_id, _), meta in zip(present, metas, strict=True) if meta}
 
     def begin(self, doc_ids: Sequence[str]) -> list[int]:
         """Reserve numbers for new versions of `doc_ids`, leased to this writer."""
@@ -322,7 +322,7 @@ class IndexWriter:
         numbers = list(range(last - len(doc_ids) + 1, last + 1))
         lease = time.time() + self.lease_seconds
         self._client.hset(self._layout.pending, mapping={
-            str(n): json.dumps({"id": doc_id, "lease": lease}) for n, doc_id in zip(numbers, doc_ids)})
+            str(n): json.dumps({"id": doc_id, "lease": lease}) for n, doc_id in zip(numbers, doc_ids, strict=True)})
         return numbers
 
     def write(self, documents: Sequence[StagedDocument], max_postings: int) -> None:
@@ -358,7 +358,7 @@ class IndexWriter:
         return int(number) if number else None
 
     def stored_text(self, number: int) -> tuple[dict[str, Any], str] | None:
-        values = self._client.hgetall(self._layout.document(number))
+        values: dict[bytes, bytes] = self._client.hgetall(self._layout.document(number))  # type: ignore[assignment]
         if not values:
             return None
         meta = json.loads(values.pop(b"meta"))

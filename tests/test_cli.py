@@ -1,0 +1,136 @@
+"""The command line, run as a real process: exit codes, JSON shapes, errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from textguard import Settings
+from textguard.normalise import normalise
+
+
+def run(settings: Settings, *args: str, stdin: str | None = None,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEXTGUARD_HOME": str(settings.home), "TEXTGUARD_INDEX": settings.index,
+           **(extra_env or {})}
+    if settings.redis_url:
+        env["TEXTGUARD_REDIS_URL"] = settings.redis_url
+    return subprocess.run([sys.executable, "-m", "textguard", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path, corpus_records: list[dict]) -> Path:
+    path = tmp_path / "works.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for record in corpus_records[:4]:
+            handle.write(json.dumps({"id": record["id"], "text": record["text"], "title": record["title"],
+                                     "author": record["author"], "work": record["work"], "genre": "x"},
+                                    ensure_ascii=False) + "\n")
+    return path
+
+
+def copied_answer(record: dict, chars: int) -> str:
+    norm = normalise(record["text"])
+    begin, end = norm.original_span(50, 50 + chars)
+    return "我来回答这个问题。首先要说明背景，然后引用原文，最后谈谈感想和体会，希望对你有所帮助。" \
+        + record["text"][begin:end] + "以上是原文的一部分，仅供参考，欢迎继续讨论这个话题，我们可以聊聊别的方面。"
+
+
+def test_corpus_commands_and_check_json(settings: Settings, corpus_file: Path, corpus_records: list[dict],
+                                        tmp_path: Path) -> None:
+    txt = tmp_path / "一篇散文.txt"
+    txt.write_text(corpus_records[10]["text"], encoding="utf-8")
+    added = run(settings, "corpus", "add", "--quiet", str(corpus_file), str(txt))
+    assert added.returncode == 0, added.stderr
+    assert "added 5" in added.stdout
+    again = run(settings, "corpus", "add", "--quiet", str(corpus_file))
+    assert "unchanged 4" in again.stdout
+
+    listing = run(settings, "corpus", "list", "--json")
+    ids = {json.loads(line)["id"] for line in listing.stdout.splitlines()}
+    assert ids == {r["id"] for r in corpus_records[:4]} | {"一篇散文"}
+    assert json.loads(listing.stdout.splitlines()[0]).get("extra", {}).get("genre") in ("x", None)
+
+    stats = json.loads(run(settings, "corpus", "stats", "--json").stdout)
+    assert {"documents", "characters", "windows", "redis_bytes", "bytes_per_char"} <= set(stats)
+    assert stats["documents"] == 5
+
+    answer = copied_answer(corpus_records[0], 60)
+    checked = run(settings, "check", "--json", "-", stdin=answer)
+    assert checked.returncode == 0, checked.stderr
+    verdict = json.loads(checked.stdout)
+    assert list(verdict) == ["verdict", "text", "checked_chars", "matches", "elapsed_ms"]
+    assert verdict["verdict"] == "rewrite" and verdict["checked_chars"] == len(answer)
+    (match,) = verdict["matches"]
+    assert match["doc_id"] == corpus_records[0]["id"]
+    assert normalise(answer[match["start"]:match["end"]]).text == normalise(
+        corpus_records[0]["text"][match["source_start"]:match["source_end"]]).text
+
+    file_input = tmp_path / "answer.txt"
+    file_input.write_text(answer, encoding="utf-8")
+    human = run(settings, "check", str(file_input))
+    assert human.returncode == 0 and "verdict: rewrite" in human.stdout and corpus_records[0]["work"] in human.stdout
+
+    removed = run(settings, "corpus", "remove", corpus_records[0]["id"])
+    assert removed.returncode == 0
+    assert json.loads(run(settings, "check", "--json", "-", stdin=answer).stdout)["verdict"] == "allow"
+    missing = run(settings, "corpus", "remove", "no-such-id")
+    assert missing.returncode == 1 and "no-such-id" in missing.stderr
+
+
+def test_bad_jsonl_line_indexes_nothing(settings: Settings, tmp_path: Path, corpus_records: list[dict]) -> None:
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"id": "a", "text": corpus_records[0]["text"]}, ensure_ascii=False)
+    path.write_text(good + "\n" + good.replace('"a"', '"b"') + "\n{not json\n", encoding="utf-8")
+    result = run(settings, "corpus", "add", "--quiet", str(path))
+    assert result.returncode == 1
+    assert f"{path}:3" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert run(settings, "corpus", "list").stdout == ""
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{\"id\": \"a\"}\n", "'text'"),
+    ("{\"text\": \"abc\"}\n", "'id'"),
+    ("[1, 2]\n", "JSON object"),
+])
+def test_invalid_records_are_named(settings: Settings, tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(content, encoding="utf-8")
+    result = run(settings, "corpus", "add", str(path))
+    assert result.returncode == 1 and message in result.stderr and f"{path}:1" in result.stderr
+
+
+def test_unreadable_inputs(settings: Settings, tmp_path: Path) -> None:
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("中文文本".encode("gbk"))
+    assert "not UTF-8" in run(settings, "corpus", "add", str(gbk)).stderr
+    assert run(settings, "corpus", "add", str(tmp_path / "missing.jsonl")).returncode == 1
+    assert run(settings, "corpus", "add", str(tmp_path)).returncode == 1
+    assert run(settings, "check", str(tmp_path / "missing.txt")).returncode == 1
+
+
+def test_unreachable_redis_is_one_clear_line(settings: Settings) -> None:
+    env = {"TEXTGUARD_REDIS_URL": "redis://127.0.0.1:1/0"}
+    for args in (["check", "-"], ["corpus", "stats"]):
+        result = run(settings, *args, stdin="一些文字", extra_env=env)
+        assert result.returncode == 1, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("textguard: error:"), result.stderr
+
+
+def test_index_built_with_other_parameters_is_refused(settings: Settings, corpus_file: Path) -> None:
+    assert run(settings, "corpus", "add", "--quiet", str(corpus_file)).returncode == 0
+    result = run(settings, "check", "-", stdin="一些文字", extra_env={"TEXTGUARD_WINDOW_SHINGLES": "30"})
+    assert result.returncode == 1 and "other parameters" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_setting_is_refused(settings: Settings) -> None:
+    result = run(settings, "corpus", "stats", extra_env={"TEXTGUARD_QUOTE_CHARS": "many"})
+    assert result.returncode == 1 and "quote_chars" in result.stderr

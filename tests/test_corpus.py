@@ -1,0 +1,181 @@
+"""Corpus maintenance against a real Redis: takedown, re-adding, crashes, parameter mismatches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import index_keys, to_document
+
+from textguard import Corpus, Document, Guard, IndexMismatchError, Settings
+from textguard.normalise import normalise
+from textguard.store import POSTING, StagedDocument
+
+
+def _copy_of(record: dict, chars: int = 200) -> str:
+    norm = normalise(record["text"])
+    begin, end = norm.original_span(100, 100 + chars)
+    return "请看这一段：" + record["text"][begin:end] + "以上。"
+
+
+def _postings_of(client: redis.Redis, settings: Settings, number: int) -> int:
+    """How many band postings of document `number` remain anywhere in the index."""
+    found = 0
+    for key in index_keys(client, settings):
+        if b":b" in key and client.type(key) == b"hash":
+            for value in client.hvals(key):
+                found += sum(1 for n, _ in POSTING.iter_unpack(value) if n == number)
+    return found
+
+
+def test_add_list_stats(settings: Settings, corpus_records: list[dict]) -> None:
+    records = corpus_records[:5]
+    with Corpus(settings) as corpus:
+        report = corpus.add(to_document(r) for r in records)
+        assert (report.added, report.replaced, report.unchanged) == (5, 0, 0)
+        listed = list(corpus.list())
+        stats = corpus.stats()
+    assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in records)
+    assert {m["id"]: m["chars"] for m in listed} == {r["id"]: len(r["text"]) for r in records}
+    assert stats["documents"] == 5
+    assert stats["characters"] == sum(len(r["text"]) for r in records)
+    assert stats["windows"] > 0 and stats["redis_bytes"] > 0
+    assert stats["bytes_per_char"] == pytest.approx(stats["redis_bytes"] / stats["characters"], rel=1e-3)
+
+
+def test_readding_is_idempotent_and_replacing_leaves_no_trace(settings: Settings, raw_redis: redis.Redis,
+                                                              corpus_records: list[dict]) -> None:
+    first, second = corpus_records[3], corpus_records[40]
+    guard = Guard(settings)
+    with Corpus(settings) as corpus:
+        corpus.add([to_document(first)])
+        stats = corpus.stats()
+        keys = sorted(index_keys(raw_redis, settings))
+        assert corpus.add([to_document(first)]).unchanged == 1
+        assert corpus.stats() == stats and sorted(index_keys(raw_redis, settings)) == keys
+        old_number = int(raw_redis.hget(f"{{textguard:v1:{settings.index}}}:docs", first["id"]))
+        # same id, new text: the new text is protected, the old is gone without a trace
+        report = corpus.add([Document(first["id"], second["text"], "t", "a", "w")])
+        assert report.replaced == 1
+        assert corpus.stats()["characters"] == len(second["text"])
+    assert guard.check_sync(_copy_of(second), fail_mode="raise").verdict != "allow"
+    assert guard.check_sync(_copy_of(first), fail_mode="raise").verdict == "allow"
+    assert _postings_of(raw_redis, settings, old_number) == 0
+    assert not raw_redis.exists(f"textguard:v1:{settings.index}:d:{old_number}")
+    guard.close()
+
+
+def test_takedown_leaves_nothing(settings: Settings, raw_redis: redis.Redis, corpus_records: list[dict]) -> None:
+    keep, drop = corpus_records[1], corpus_records[2]
+    guard = Guard(settings)
+    with Corpus(settings) as corpus:
+        corpus.add([to_document(keep)])
+        keys_with_keep_only = set(index_keys(raw_redis, settings))
+        values_before = {k: raw_redis.dump(k) for k in keys_with_keep_only if b":b" in k}
+        corpus.add([to_document(drop)])
+        number = int(raw_redis.hget(f"{{textguard:v1:{settings.index}}}:docs", drop["id"]))
+        assert guard.check_sync(_copy_of(drop), fail_mode="raise").verdict != "allow"
+        assert corpus.remove([drop["id"], "no-such-id"]) == ["no-such-id"]
+        assert [m["id"] for m in corpus.list()] == [keep["id"]]
+        assert corpus.stats()["characters"] == len(keep["text"])
+    assert guard.check_sync(_copy_of(drop), fail_mode="raise").verdict == "allow"
+    assert guard.check_sync(_copy_of(keep), fail_mode="raise").verdict != "allow"
+    assert _postings_of(raw_redis, settings, number) == 0
+    remaining = set(index_keys(raw_redis, settings))
+    assert not any(f":d:{number}".encode() in k for k in remaining)
+    # band hashes hold exactly what they held before the dropped document came and went
+    assert {k for k in remaining if b":b" in k} == set(values_before)
+    assert all(raw_redis.hgetall(k) == _restore(raw_redis, v) for k, v in values_before.items())
+    guard.close()
+
+
+def _restore(client: redis.Redis, dumped: bytes) -> dict:
+    client.restore("textguard-test-scratch", 0, dumped, replace=True)
+    try:
+        return client.hgetall("textguard-test-scratch")
+    finally:
+        client.delete("textguard-test-scratch")
+
+
+def test_interrupted_write_is_invisible_then_purged(settings: Settings, raw_redis: redis.Redis,
+                                                    corpus_records: list[dict]) -> None:
+    record = corpus_records[7]
+    corpus = Corpus(settings)
+    corpus._prepare()
+    writer, pipeline = corpus._writer, corpus._pipeline
+    writer.lease_seconds = 0  # this writer "dies" right after writing: its lease is over at once
+    (number,) = writer.begin([record["id"]])
+    norm = normalise(record["text"])
+    runs, anchors = pipeline.sketch(norm)
+    doc = to_document(record)
+    writer.write([StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])], 6)
+    assert _postings_of(raw_redis, settings, number) > 0
+    guard = Guard(settings)
+    assert guard.check_sync(_copy_of(record), fail_mode="raise").verdict == "allow"  # not committed: invisible
+    assert list(Corpus(settings).list()) == []  # a new writer recovers first
+    assert _postings_of(raw_redis, settings, number) == 0
+    assert not raw_redis.exists(f"textguard:v1:{settings.index}:d:{number}")
+    assert corpus.stats()["pending"] == 0
+    guard.close()
+
+
+def test_killed_ingest_leaves_only_whole_documents(settings: Settings, raw_redis: redis.Redis,
+                                                   corpus_records: list[dict], tmp_path: Path) -> None:
+    source = tmp_path / "big.jsonl"
+    with source.open("w", encoding="utf-8") as handle:
+        for record in corpus_records:
+            handle.write(json.dumps({k: record[k] for k in ("id", "text", "title", "author", "work")},
+                                    ensure_ascii=False) + "\n")
+    env = {**os.environ, "TEXTGUARD_HOME": str(settings.home), "TEXTGUARD_INDEX": settings.index}
+    if settings.redis_url:
+        env["TEXTGUARD_REDIS_URL"] = settings.redis_url
+    process = subprocess.Popen([sys.executable, "-m", "textguard", "corpus", "add", str(source)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seq_key = f"{{textguard:v1:{settings.index}}}:seq"
+    deadline = time.monotonic() + 60
+    while int(raw_redis.get(seq_key) or 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling Redis state, not timing: kill once the first batch is under way
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    started = int(raw_redis.get(seq_key) or 0)
+    assert started > 0
+    # whatever the kill interrupted is pending; expire the dead writer's leases and recover
+    pending_key = f"{{textguard:v1:{settings.index}}}:pending"
+    for number, raw in raw_redis.hgetall(pending_key).items():
+        raw_redis.hset(pending_key, number, json.dumps({**json.loads(raw), "lease": 0}))
+    with Corpus(settings) as corpus:
+        listed = {m["id"] for m in corpus.list()}
+        live = {int(n) for n in raw_redis.hvals(f"{{textguard:v1:{settings.index}}}:docs")}
+        assert corpus.stats()["pending"] == 0
+    for number in range(1, started + 1):
+        if number not in live:
+            assert _postings_of(raw_redis, settings, number) == 0
+            assert not raw_redis.exists(f"textguard:v1:{settings.index}:d:{number}")
+    guard = Guard(settings)
+    by_id = {r["id"]: r for r in corpus_records}
+    for doc_id in list(listed)[:10]:
+        assert guard.check_sync(_copy_of(by_id[doc_id]), fail_mode="raise").verdict != "allow"
+    guard.close()
+    # and the file can simply be added again to finish the job
+    with Corpus(settings) as corpus:
+        corpus.add(to_document(r) for r in corpus_records)
+        assert corpus.stats()["documents"] == len({r["id"] for r in corpus_records})
+
+
+def test_other_parameters_are_refused(settings: Settings, corpus_records: list[dict]) -> None:
+    with Corpus(settings) as corpus:
+        corpus.add([to_document(corpus_records[0])])
+    other = settings.replace(window_shingles=settings.window_shingles + 4)
+    with pytest.raises(IndexMismatchError, match="window"), Corpus(other) as corpus:
+        corpus.add([to_document(corpus_records[1])])
+    guard = Guard(other)
+    with pytest.raises(IndexMismatchError, match="window"):
+        guard.check_sync("任何文字都一样")
+    guard.close()
