@@ -7,8 +7,9 @@ Prints one report: (1) ingest throughput and Redis bytes per corpus character, (
 for clean and copied answers of 200, 1,000 and 4,000 characters beside jieba alone (the floor:
 every check must segment) and beside datasketch's stock MinHashLSH on Redis fed one MinHash per
 window (what a user of the library would build), (3) where a 1,000-character check spends its
-time. Everything runs against a fresh embedded Redis in a temporary directory, so the numbers
-are those of `textguard` with no configuration. The data are read in place from ../shared/data.
+time. Everything runs against a fresh embedded Redis in a temporary directory (shut down at the
+end), with the settings textguard would load: its defaults unless TEXTGUARD_* variables or a
+textguard.toml say otherwise. The data are read in place from ../shared/data.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def ingest(settings: Settings, documents: Sequence[Document]) -> IngestResult:
     return IngestResult(len(documents), report.characters, seconds, stats)
 
 
-# ---------------------------------------------------------------- 2b. the stock baseline
+# ---------------------------------------------------------------- 2. latency: the stock baseline
 
 def window_starts(count: int, width: int, stride: int) -> range:
     """Start of each window of `width` shingles at `stride`; a shorter text is one window, as in textguard."""
@@ -309,7 +310,7 @@ class StockLSH:
             raise SystemExit("stock MinHash and textguard signatures differ: the stock baseline is misconfigured")
 
 
-# ---------------------------------------------------------------- 2. latency
+# ---------------------------------------------------------------- 2. latency: cases and timings
 
 @dataclass(frozen=True, slots=True)
 class Case:
@@ -513,8 +514,8 @@ def print_latency(results: Sequence[CaseResult], stock: StockBuild, options: Opt
     print("   jieba = `jieba.lcut(text)` (HMM on); tg seg = textguard's `segmenter.tokens` on the normalised text;")
     print(f"   stock = datasketch MinHashLSH (Redis storage, same server, b={params.bands}, r={params.rows}): "
           "MinHash per window (template copy + update_batch, xxh32) + `lsh.query` per window,")
-    print(f"   s=1 every window, s=W windows at stride {params.window} (misses copies not aligned to the stride); "
-          "excludes normalise and segment, which textguard's time includes.")
+    print(f"   s=1 every window, s=W every {params.window}th window only (a cheaper, weaker search); both exclude "
+          "normalise and segment, which textguard's time includes.")
     print(f"   stock index: {stock.windows:,} windows at stride {params.window} (capped at --stock-items "
           f"{options.stock_items:,}) from {len(stock.documents):,} documents, {stock.chars:,} chars; built in "
           f"{stock.seconds:.1f} s; {stock.redis_keys:,} Redis keys, {stock.redis_bytes:,} bytes "
@@ -536,7 +537,7 @@ BREAKDOWN_ROWS = (
     ("normalise", "normalise (+ key dedup)"),
     ("segment", "segment (jieba, HMM off)"),
     ("sketch", "sketch (band runs)"),
-    ("lookup", "lookup (1 round trip)"),
+    ("lookup", "lookup (1 Redis round trip)"),
     ("fetch", "verify: fetch documents"),
     ("align", "verify: align + resolve"),
     ("total", "Detector.find total"),
@@ -606,13 +607,16 @@ def run(options: Options, home: Path, client: redis.Redis) -> None:
     print_breakdown(breakdowns, results, options.repeats)
     print(f"\nload average after the timings: {os.getloadavg()[0]:.2f}")
     if profile is not None:
-        print(f"\nProfile: {options.repeats} checks of 1,000-char clean answers, top {PROFILE_LINES} "
-              "by cumulative time")
-        profile.strip_dirs().sort_stats("cumulative").print_stats(PROFILE_LINES)
+        print(f"\nProfile: {options.repeats} checks of 1,000-char clean answers")
+        for order in ("cumulative", "tottime"):
+            print(f"top {PROFILE_LINES} by {order} time:")
+            profile.strip_dirs().sort_stats(order).print_stats(PROFILE_LINES)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
+    if not DATA.is_dir():
+        raise SystemExit(f"shared data not found at {DATA} (expected next to the project, as ../shared/data)")
     home = Path(tempfile.mkdtemp(prefix="textguard-speed-"))
     try:
         client = redis.Redis(unix_socket_path=embedded_socket(home))

@@ -54,9 +54,20 @@ class SketchParams:
         return asdict(self)
 
 
+_token_hash_cache: dict[str, int] = {}
+_CACHE_LIMIT = 1 << 20  # the vocabulary is bounded; this only guards against unbounded input
+
+
+def _token_hash(token: str) -> int:
+    if len(_token_hash_cache) >= _CACHE_LIMIT:
+        _token_hash_cache.clear()
+    value = _token_hash_cache[token] = xxhash.xxh32_intdigest(token.encode())
+    return value
+
+
 def _token_hashes(tokens: Sequence[str]) -> np.ndarray:
-    return np.fromiter((xxhash.xxh32_intdigest(t.encode()) for t in tokens), dtype=np.uint32,
-                       count=len(tokens))
+    cache = _token_hash_cache
+    return np.array([cache[t] if t in cache else _token_hash(t) for t in tokens], dtype=np.uint32)
 
 
 def _combine(token_hashes: np.ndarray, shingle: int) -> np.ndarray:
@@ -117,33 +128,51 @@ class Sketcher:
         self._a = np.asarray(a, dtype=np.uint32)
         self._b = np.asarray(b, dtype=np.uint32)
 
-    def signatures(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """MinHash of every sliding window (n_windows x num_perm) and each minimum's shingle."""
-        p = self.params
-        if len(tokens) < p.shingle:
-            empty = np.zeros((0, p.num_perm), dtype=np.uint32)
-            return empty, empty.astype(np.int64)
-        hashed = _fmix32(_combine(_token_hashes(tokens), p.shingle))
-        permuted = hashed[:, None] * self._a[None, :] + self._b[None, :]
-        width = min(p.window, len(permuted))
-        windows = sliding_window_view(permuted, width, axis=0)  # (n_windows, num_perm, width)
-        argmin = windows.argmin(axis=2)
-        minima = np.take_along_axis(windows, argmin[:, :, None], axis=2)[:, :, 0]
-        return minima, argmin + np.arange(len(argmin))[:, None]
+    def _permuted(self, tokens: Sequence[str]) -> np.ndarray:
+        """Every shingle hashed under every permutation: (n_shingles, num_perm)."""
+        hashed = _fmix32(_combine(_token_hashes(tokens), self.params.shingle))
+        permuted: np.ndarray = hashed[:, None] * self._a[None, :] + self._b[None, :]
+        return permuted
+
+    def signatures(self, tokens: Sequence[str]) -> np.ndarray:
+        """MinHash of every sliding window: (n_windows, num_perm)."""
+        if len(tokens) < self.params.shingle:
+            return np.zeros((0, self.params.num_perm), dtype=np.uint32)
+        return _sliding_min(self._permuted(tokens), self.params.window)
 
     def band_runs(self, tokens: Sequence[str]) -> BandRuns:
-        minima, positions = self.signatures(tokens)
-        if len(minima) == 0:
-            return BandRuns(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
         p = self.params
-        keys: list[np.ndarray] = []
-        anchors: list[np.ndarray] = []
-        for band in range(p.bands):
-            rows = slice(band * p.rows, (band + 1) * p.rows)
-            value = np.full(len(minima), band + 1, dtype=np.uint64)
-            for column in minima[:, rows].T:
-                value = _fmix64(value * _M64[0] + column.astype(np.uint64))
-            starts = np.flatnonzero(np.r_[True, value[1:] != value[:-1]])
-            keys.append(value[starts])
-            anchors.append(positions[starts, rows.start])
-        return BandRuns(np.concatenate(keys), np.concatenate(anchors).astype(np.int64))
+        if len(tokens) < p.shingle:
+            return BandRuns(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+        permuted = self._permuted(tokens)
+        width = min(p.window, len(permuted))
+        minima = _sliding_min(permuted, width)[:, :p.bands * p.rows].reshape(-1, p.bands, p.rows)
+        value = np.broadcast_to(np.arange(1, p.bands + 1, dtype=np.uint64), (len(minima), p.bands))
+        for row in range(p.rows):
+            value = _fmix64(value * _M64[0] + minima[:, :, row].astype(np.uint64))
+        changed = np.ones_like(value, dtype=bool)
+        changed[1:] = value[1:] != value[:-1]
+        starts, bands = np.nonzero(changed)
+        # the anchor: where the first row's minimum sits in each run's first window
+        first_rows = sliding_window_view(permuted, width, axis=0)[starts, bands * p.rows]
+        return BandRuns(value[starts, bands], starts + first_rows.argmin(axis=1))
+
+
+def _sliding_min(values: np.ndarray, width: int) -> np.ndarray:
+    """Minimum of every `width` consecutive rows, by doubling spans: O(n log width)."""
+    width = min(width, len(values))
+    spans = {1: values}
+    span = 1
+    while span * 2 <= width:
+        previous = spans[span]
+        spans[span * 2] = np.minimum(previous[:-span], previous[span:])
+        span *= 2
+    result = spans[span]
+    covered = span
+    count = len(values) - width + 1
+    result = result[:count]
+    for size in sorted(spans, reverse=True):  # add the binary digits of width - span
+        if covered + size <= width:
+            result = np.minimum(result, spans[size][covered:covered + count])
+            covered += size
+    return result
