@@ -518,14 +518,41 @@ def build_index(settings: Settings, records: Sequence[Record]) -> dict[str, floa
             "chars_per_s": round(report.characters / seconds)}
 
 
-def negatives(held: Sequence[Record], count: int, seed: int) -> list[Negative]:
-    """Every wiki paragraph and chat answer whole, plus passages of chapters that were never indexed."""
+SHARED_RUN = 20  # a held-out passage sharing a run this long with the indexed corpus holds copied text
+
+
+def _run_hashes(text: str) -> np.ndarray:
+    """Polynomial hashes of every SHARED_RUN-character run of a normalised text."""
+    if len(text) < SHARED_RUN:
+        return np.zeros(0, dtype=np.uint64)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    hashes = np.zeros(len(codes) - SHARED_RUN + 1, dtype=np.uint64)
+    for offset in range(SHARED_RUN):
+        hashes = hashes * np.uint64(1_000_003) + codes[offset:offset + len(hashes)]
+    return hashes
+
+
+def negatives(indexed: Sequence[Record], held: Sequence[Record], count: int, seed: int) -> list[Negative]:
+    """Every wiki paragraph and chat answer whole, plus passages of chapters that were never indexed.
+
+    The corpus repeats itself (novels reuse verses, one novel retells another's chapters), so a
+    held-out passage can still hold indexed text: those sharing a SHARED_RUN-character run with
+    the indexed corpus are drawn again, and their number is printed.
+    """
     out = [Negative(name.removesuffix(".jsonl"), r["id"], r["text"]) for name in NEGATIVE_FILES
            for r in read_jsonl(DATA / name)]
+    indexed_runs = np.unique(np.concatenate([_run_hashes(normalise(r.text).text) for r in indexed]))
     pool, rng = Pool(held), random.Random(f"{seed}:heldout-passages")
-    for _ in range(count):
+    redrawn = 0
+    while sum(n.group == "heldout_passages" for n in out) < count:
         passage = pool.passage(rng, rng.randint(200, 1000))
+        runs = _run_hashes(passage.norm.text[passage.start:passage.end])
+        where = np.minimum(np.searchsorted(indexed_runs, runs), len(indexed_runs) - 1)
+        if (indexed_runs[where] == runs).any():
+            redrawn += 1
+            continue
         out.append(Negative("heldout_passages", f"{passage.record.doc_id}@{passage.start}", passage.text))
+    print(f"held-out passages: {redrawn} drawn again for sharing a {SHARED_RUN}-char run with the indexed corpus")
     return out
 
 
@@ -731,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("building cases", flush=True)
     cases = generate(Sources(indexed, read_jsonl(DATA / "llm_answers_zh.jsonl")), args.cases_per_kind, args.seed)
-    items = negatives(held, args.heldout_passages, args.seed)
+    items = negatives(indexed, held, args.heldout_passages, args.seed)
     print(f"checking {len(cases):,} cases and {len(items):,} negatives", flush=True)
     checked = asyncio.run(check_all(settings, [c.text for c in cases] + [n.text for n in items]))
 

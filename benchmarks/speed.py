@@ -598,9 +598,10 @@ def run(options: Options, home: Path, client: redis.Redis) -> None:
     cases = build_cases(load_answers(), stock_build.documents)
     copied_1000 = next(c for c in cases if c.length == 1000 and c.flavour == "copied")
     stock.check_same_sketch(pipeline.sketcher, pipeline.segmenter.tokens(normalise(copied_1000.texts[0]).text)[0])
-    # Write the snapshot the embedded Redis owes for the ingest now: its background save would
-    # otherwise fork in the middle of the timings and take a core of this 2-core budget.
+    # Write the snapshot the embedded Redis owes for the ingest now, and flush it to disk: its
+    # background save and the kernel's writeback would otherwise run during the timings.
     client.save()
+    os.sync()
 
     results, breakdowns, profile = asyncio.run(measure(settings, cases, stock, options))
     print_latency(results, stock_build, options, pipeline.params)

@@ -21,16 +21,20 @@ from rapidfuzz.distance import Indel, MatchingBlock
 
 from textguard.normalise import Normalised, normalise
 from textguard.pipeline import Pipeline
-from textguard.store import DocumentRegion, IndexReader
+from textguard.store import IndexReader
 
 _ANCHOR = 4  # shortest equal block that can start or end a span
 _BRIDGE = 2  # shortest equal block that keeps a span going
 _GAP = 16  # longest gap (normalised chars, each side) bridged between blocks of a span
-_MIN_SPAN = 8  # shorter spans are noise (common phrases), not copying
+_MIN_SPAN = 8  # shortest piece of a span (an aligned chain of blocks)...
+_MIN_REPORTED = 12  # ...and of a span reported once adjacent pieces merged: shorter is a name or set phrase
 _MIN_SIMILARITY = 0.5
-_PAD = 160  # normalised chars of context aligned beyond the outermost hits
-_FETCH = 2000  # original chars fetched around hits, room for a stretch to grow
-_SPLIT = 800  # hits further apart than this in a document are verified separately
+_SEED = 6  # shared runs this long (normalised chars) seed an alignment
+_PAD = 60  # normalised chars aligned beyond the outermost seeds (more while spans reach the edge)
+_SPLIT = 300  # seeds further apart than this in the source are aligned separately
+_FETCH = 2000  # original chars fetched around the LSH hits of a document...
+_WHOLE = 16_000  # ...or up to this many, around all of them, for the best candidates
+_WIDE_DOCUMENTS = 4  # how many of the best candidates are fetched that wide
 _MAX_DOCUMENTS = 16  # candidate documents verified per check, most hits first
 _MAX_PASSES = 8  # alignments per stretch (each finds what the ones before did not)
 _MAX_GROWTH = 4  # times a stretch may grow when a span runs into its edge
@@ -101,69 +105,129 @@ class Detector:
         if not hits:
             return normalised, []
         ranked = sorted(hits, key=lambda n: len(hits[n]), reverse=True)[:_MAX_DOCUMENTS]
-        groups = {number: _group(hits[number]) for number in ranked}
-        wanted = {number: [(d_lo - _FETCH, d_hi + _FETCH + 2 * (q_hi - q_lo))
-                           for (q_lo, q_hi, d_lo, d_hi) in groups[number]] for number in ranked}
-        regions = await self._reader.regions(wanted)
+        wanted = {number: _fetch_ranges(hits[number], wide=rank < _WIDE_DOCUMENTS)
+                  for rank, number in enumerate(ranked)}
         spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
         metas: dict[int, dict[str, Any]] = {}
-        for region in regions:
+        for region in await self._reader.regions(wanted):
             metas[region.number] = region.meta
-            for group in groups[region.number]:
-                spans_by_doc[region.number].extend(_verify(normalised.text, region, group))
+            source = normalise(region.text)
+            hint = [(q, d - region.start) for q, d in hits[region.number]
+                    if 0 <= d - region.start < len(region.text)]
+            for stretch in _stretches(_seeds(normalised.text, source, hint)):
+                spans_by_doc[region.number].extend(_verify(normalised.text, source, region.start, stretch))
         return normalised, _resolve(normalised, spans_by_doc, metas)
 
 
-def _group(doc_hits: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
-    """Hits of one document cut where they are far apart: (q_lo, q_hi, d_lo, d_hi) each."""
-    doc_hits.sort(key=lambda hit: hit[1])
-    groups: list[tuple[int, int, int, int]] = []
-    current = [doc_hits[0]]
-    for hit in doc_hits[1:]:
-        if hit[1] - current[-1][1] > _SPLIT:
-            groups.append(_extent(current))
-            current = []
-        current.append(hit)
-    groups.append(_extent(current))
-    return groups
+def _fetch_ranges(doc_hits: list[tuple[int, int]], wide: bool) -> list[tuple[int, int]]:
+    """Original offsets of a document to fetch for verifying its hits.
 
-
-def _extent(hits: list[tuple[int, int]]) -> tuple[int, int, int, int]:
-    qs = [q for q, _ in hits]
-    ds = [d for _, d in hits]
-    return min(qs), max(qs), min(ds), max(ds)
-
-
-def _verify(query: str, region: DocumentRegion, group: tuple[int, int, int, int]) -> list[_Span]:
-    """Spans copied from `region` around one group of hits.
-
-    Hits mark only where some windows matched: a copy can reach well beyond them, so the
-    aligned stretch grows while a span runs into its edge.
+    The best candidates (`wide`) get up to `_WHOLE` characters around their hits, usually the
+    whole chapter: a mosaic's copied sentences are too short to hit on their own and can lie
+    anywhere in it. Other candidates get the surroundings of each cluster of hits.
     """
-    q_lo, q_hi, d_lo, d_hi = group
-    # the document side is wider: it still holds punctuation
-    q_from, q_to = q_lo - _PAD, q_hi + _PAD
-    d_from, d_to = d_lo - region.start - 2 * _PAD, d_hi - region.start + 2 * _PAD
+    offsets = sorted(d for _, d in doc_hits)
+    if wide and offsets[-1] - offsets[0] <= _WHOLE:
+        margin = (_WHOLE - (offsets[-1] - offsets[0])) // 2
+        return [(offsets[0] - margin, offsets[-1] + margin)]
+    ranges = [(offsets[0] - _FETCH, offsets[0] + _FETCH)]
+    for offset in offsets[1:]:
+        if offset - _FETCH <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], offset + _FETCH)
+        else:
+            ranges.append((offset - _FETCH, offset + _FETCH))
+    return ranges
+
+
+def _gram_hashes(text: str) -> np.ndarray:
+    """Polynomial hashes of every `_SEED`-character run of `text`."""
+    count = len(text) - _SEED + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    hashes = codes[:count].copy()
+    for offset in range(1, _SEED):
+        hashes = hashes * np.uint64(0x100000001B3) + codes[offset:offset + count]
+    return hashes
+
+
+def _seeds(query: str, source: Normalised, hint: list[tuple[int, int]]) -> np.ndarray:
+    """Pairs (query position, normalised source position) where the two texts agree.
+
+    Exact `_SEED`-character runs shared by both, plus the LSH hits (which survive edits that
+    leave no exact run). Each source position is paired with the first query position of its run.
+    """
+    q_hashes, d_hashes = _gram_hashes(query), _gram_hashes(source.text)
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    if len(q_hashes) and len(d_hashes):
+        order = np.argsort(q_hashes, kind="stable")
+        ordered = q_hashes[order]
+        index = np.minimum(np.searchsorted(ordered, d_hashes), len(ordered) - 1)
+        d_positions = np.flatnonzero(ordered[index] == d_hashes)
+        pairs.append(np.stack([order[index[d_positions]], d_positions], axis=1))
+    if hint:
+        q_hint, d_hint = np.asarray(hint, dtype=np.int64).T
+        pairs.append(np.stack([q_hint, np.searchsorted(source.offsets, d_hint)], axis=1))
+    return np.concatenate(pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stretch:
+    """Where to align: query positions and normalised source positions (half-open)."""
+
+    q_from: int
+    q_to: int
+    d_from: int
+    d_to: int
+
+
+def _stretches(seeds: np.ndarray) -> list[_Stretch]:
+    """Seeds cut where they lie far apart in the source: one stretch to align per cluster."""
+    if len(seeds) == 0:
+        return []
+    seeds = seeds[np.argsort(seeds[:, 1], kind="stable")]
+    cuts = np.flatnonzero(np.diff(seeds[:, 1]) > _SPLIT) + 1
+    bounds = np.r_[0, cuts, len(seeds)]
+    stretches = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        cluster = seeds[lo:hi]
+        stretches.append(_Stretch(int(cluster[:, 0].min()) - _PAD, int(cluster[:, 0].max()) + _SEED + _PAD,
+                                  int(cluster[0, 1]) - _PAD, int(cluster[-1, 1]) + _SEED + _PAD))
+    return stretches
+
+
+def _verify(query: str, source: Normalised, base: int, stretch: _Stretch) -> list[_Span]:
+    """Spans copied from `source` (a region starting at original offset `base`) in a stretch.
+
+    A copy can reach beyond its seeds (an edited stretch has few exact runs), so the stretch
+    grows while a span runs into its edge.
+    """
+    q_from, q_to, d_from, d_to = stretch.q_from, stretch.q_to, stretch.d_from, stretch.d_to
     for _ in range(_MAX_GROWTH):
         q_from, q_to = max(0, q_from), min(len(query), q_to)
-        d_from, d_to = max(0, d_from), min(len(region.text), d_to)
-        spans, touches_start, touches_end = _align(query, q_from, q_to, region, d_from, d_to)
+        d_from, d_to = max(0, d_from), min(len(source.text), d_to)
+        spans, touches_start, touches_end = _align(query, q_from, q_to, source, d_from, d_to)
         grow_start = touches_start and (q_from > 0 or d_from > 0)
-        grow_end = touches_end and (q_to < len(query) or d_to < len(region.text))
+        grow_end = touches_end and (q_to < len(query) or d_to < len(source.text))
         if not (grow_start or grow_end):
             break
         if grow_start:
-            q_from, d_from = q_from - 2 * _PAD, d_from - 3 * _PAD
+            q_from, d_from = q_from - 2 * _PAD, d_from - 2 * _PAD
         if grow_end:
-            q_to, d_to = q_to + 2 * _PAD, d_to + 3 * _PAD
+            q_to, d_to = q_to + 2 * _PAD, d_to + 2 * _PAD
+    for span in spans:
+        span.d_start += base
+        span.d_end += base
     return spans
 
 
-def _align(query: str, q_from: int, q_to: int, region: DocumentRegion, d_from: int,
+def _align(query: str, q_from: int, q_to: int, source: Normalised, d_from: int,
            d_to: int) -> tuple[list[_Span], bool, bool]:
-    """Align query[q_from:q_to] with the region's text; also say if a span reaches an edge."""
-    source = normalise(region.text[d_from:d_to])
-    q_text, d_text = query[q_from:q_to], source.text
+    """Align query[q_from:q_to] with source.text[d_from:d_to]; also say if a span reaches an edge.
+
+    Spans carry source offsets relative to the region; `_verify` adds the region's start.
+    """
+    q_text, d_text = query[q_from:q_to], source.text[d_from:d_to]
     spans: list[_Span] = []
     touches_start = touches_end = False
     for _ in range(_MAX_PASSES):
@@ -179,8 +243,7 @@ def _align(query: str, q_from: int, q_to: int, region: DocumentRegion, d_from: i
             touches_end |= qe >= len(q_text) - _GAP or de >= len(d_text) - _GAP
             matched = sum(b[1] - b[0] for b in blocks)
             longest = max(b[1] - b[0] for b in blocks)
-            d_start = region.start + d_from + int(source.offsets[ds])
-            d_end = region.start + d_from + int(source.offsets[de - 1]) + 1
+            d_start, d_end = source.original_span(d_from + ds, d_from + de)
             spans.append(_Span(q_from + qs, q_from + qe, d_start, d_end, de - ds, matched, longest))
             q_text = q_text[:qs] + "\x00" * (qe - qs) + q_text[qe:]
             d_text = d_text[:ds] + "\x01" * (de - ds) + d_text[de:]
@@ -258,6 +321,7 @@ def _resolve(normalised: Normalised, spans_by_doc: dict[int, list[_Span]],
                 current = span
         if current is not None:
             merged.append((number, current))
+    merged = [(number, span) for number, span in merged if span.matched >= _MIN_REPORTED]
     merged.sort(key=lambda item: item[1].matched, reverse=True)
     chosen: list[tuple[int, _Span]] = []
     covered = np.zeros(len(normalised.text), dtype=bool)
