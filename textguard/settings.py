@@ -70,6 +70,12 @@ class Settings:
     block_message: str = "〔该回答大段复制了受著作权保护的作品（《{works}》），已被拦截〕"
     """Replaces a blocked answer; `{works}` lists the works copied."""
 
+    # How a stream is guarded.
+    stream_holdback_chars: int = 24
+    """Normalised characters a stream keeps unreleased beyond what a check has cleared."""
+    stream_check_chars: int = 16
+    """A stream is checked again once this many new normalised characters arrived."""
+
     # How a check runs.
     check_timeout_ms: float = 100.0
     """Time budget of one check in the middleware and proxy."""

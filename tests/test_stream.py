@@ -1,0 +1,96 @@
+"""The streaming guard: the leakage bound, and clean answers passing unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from difflib import SequenceMatcher
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from textguard import Guard, Settings
+from textguard.normalise import normalise
+from textguard.stream import GuardedStream
+
+
+def longest_shared_run(a: str, b: str) -> int:
+    x, y = normalise(a).text, normalise(b).text
+    return SequenceMatcher(None, x, y, autojunk=False).find_longest_match(0, len(x), 0, len(y)).size
+
+
+async def stream_through(guard: Guard, text: str, cuts: list[int]) -> tuple[str, bool]:
+    stream = GuardedStream(guard)
+    released: list[str] = []
+    position = 0
+    for cut in sorted(set(cuts)) + [len(text)]:
+        if cut <= position:
+            continue
+        release = await stream.feed(text[position:cut])
+        released.append(release.text)
+        position = cut
+        if release.blocked:
+            return "".join(released), True
+    final = await stream.finish()
+    released.append(final.text)
+    return "".join(released), final.blocked
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_released_stream_never_holds_more_than_q_of_a_work(indexed: Settings, corpus_records: list[dict],
+                                                           negative_records: list[dict], data: st.DataObject) -> None:
+    record = data.draw(st.sampled_from([r for r in corpus_records if len(r["text"]) > 3000]))
+    host = data.draw(st.sampled_from([r["text"] for r in negative_records if 200 < len(r["text"]) < 1500]))
+    length = data.draw(st.integers(20, 600))
+    start = data.draw(st.integers(0, len(record["text"]) - length))
+    passage = record["text"][start:start + length]
+    at = data.draw(st.integers(0, len(host)))
+    text = host[:at] + passage + host[at:]
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=len(text) // 2))
+
+    async def run() -> tuple[str, bool]:
+        guard = Guard(indexed)
+        try:
+            return await stream_through(guard, text, cuts)
+        finally:
+            await guard.aclose()
+
+    released, _ = asyncio.run(run())
+    assert longest_shared_run(released, passage) <= indexed.quote_chars
+
+
+def test_clean_answers_pass_unchanged_whatever_the_chunking(indexed: Settings, negative_records: list[dict]) -> None:
+    async def run() -> None:
+        guard = Guard(indexed)
+        try:
+            for index, record in enumerate(negative_records[:40]):
+                text = record["text"]
+                step = 1 + index % 7
+                released, blocked = await stream_through(guard, text, list(range(0, len(text), step)))
+                assert (released, blocked) == (text, False)
+        finally:
+            await guard.aclose()
+
+    asyncio.run(run())
+
+
+def test_copy_is_replaced_by_the_notice_and_the_answer_goes_on(indexed: Settings,
+                                                                corpus_records: list[dict]) -> None:
+    record = next(r for r in corpus_records if len(r["text"]) > 3000)
+    copied = record["text"][1000:1150]
+    before = "我来回答这个问题，先说说背景，再看原文的一段话，最后谈一谈我自己的看法和体会。这段话是这样写的："
+    after = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。从这段文字里，我们能看到作者对当时社会的观察，"
+             "也能感受到他的语言风格：简练、冷峻，却又带着温度。欢迎你继续提问，我们可以再讨论别的问题。")
+
+    async def run() -> tuple[str, bool]:
+        guard = Guard(indexed)
+        try:
+            return await stream_through(guard, before + copied + after, list(range(0, 500, 2)))
+        finally:
+            await guard.aclose()
+
+    released, blocked = asyncio.run(run())
+    assert not blocked
+    assert released.startswith(before) and released.endswith(after)
+    assert f"出自《{record['work']}》" in released
+    assert longest_shared_run(released, copied) <= indexed.quote_chars

@@ -1,0 +1,150 @@
+"""Guarding one answer while it streams: release text as soon as it is safe, never a copy.
+
+The text received so far is checked again each time `stream_check_chars` new characters have
+arrived, over a tail window that reaches back far enough to see a copy that began earlier.
+Text is released only once checked, never the last `stream_holdback_chars` (a copy must reach
+some length before the index can see it), and never from the start of a span that is still
+growing at the end of the text (a quotation now, perhaps a copy in a moment). So no released
+run of one work exceeds Q = `quote_chars` normalised characters (DESIGN.md, invariant 2): a
+copy is either seen while the held-back tail still holds it, and then replaced by the notice
+from the point reached, or it never grows past the hold-back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from textguard.detect import Match
+from textguard.guard import Guard
+from textguard.normalise import normalise
+from textguard.policy import work_name
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a stream may send now: `text` (rewritten where needed); `blocked` ends the stream."""
+
+    text: str
+    blocked: bool = False
+    skipped: str | None = None
+
+
+class GuardedStream:
+    """The incremental guard of one streamed answer (one choice). Not shared between requests."""
+
+    def __init__(self, guard: Guard, *, budget_ms: float | None = None) -> None:
+        settings = guard.settings
+        self._guard = guard
+        self._budget_ms = budget_ms if budget_ms is not None else settings.check_timeout_ms
+        self._quote = settings.quote_chars
+        self._holdback = settings.stream_holdback_chars
+        self._step = settings.stream_check_chars
+        self._context = 2 * settings.quote_chars + 4 * settings.window_shingles
+        self.text = ""  # everything received
+        self._released = 0  # text[:_released] has been sent (or replaced by a notice)
+        self._cleared = 0  # text[:_cleared] was checked; text past it waits for a check
+        self._checked_chars = 0  # normalised length of the text at the last check
+        self._suppressing: str | None = None  # doc id of a flagged copy still running at the end
+        self._flagged_chars = 0
+        self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
+        self._counted: set[tuple[str, int]] = set()  # quotations already added to `_quoted`
+        self.matches: list[Match] = []
+        self.blocked = False
+        self.skipped: str | None = None
+
+    async def feed(self, delta: str) -> Release:
+        """Take the next piece of the answer; returns what may be sent now."""
+        if self.blocked:
+            return Release("", blocked=True)
+        self.text += delta
+        normalised_chars = len(normalise(self.text[self._cleared:]).text)
+        if normalised_chars < self._step:
+            return Release("")
+        return await self._check(final=False)
+
+    async def finish(self) -> Release:
+        """The answer is complete: check what is left and release it."""
+        if self.blocked:
+            return Release("", blocked=True)
+        return await self._check(final=True)
+
+    async def _check(self, final: bool) -> Release:
+        window_start = self._window_start()
+        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms)
+        if verdict.skipped is not None:
+            self.skipped = verdict.skipped
+            if verdict.verdict == "block":  # fail closed
+                self.blocked = True
+                return Release("", blocked=True, skipped=verdict.skipped)
+        spans = sorted((replace(m, start=m.start + window_start, end=m.end + window_start)
+                        for m in (*verdict.matches, *verdict.quotations)), key=lambda m: m.start)
+        self._cleared = len(self.text)
+        normalised = normalise(self.text)
+        at_end = _original_before(normalised.offsets, len(normalised.text) - 1)
+        release_to = len(self.text) if final else max(
+            self._released, _original_before(normalised.offsets, len(normalised.text) - self._holdback))
+        suppressing, self._suppressing = self._suppressing, None
+        pieces: list[str] = []
+        position = self._released
+        for span in spans:
+            if span.end <= position:
+                continue
+            growing = not final and span.end > at_end
+            if self._is_copy(span, continues=suppressing == span.doc_id and span.start <= position):
+                if span.start > position:
+                    pieces.append(self.text[position:span.start])
+                if suppressing != span.doc_id or span.start > position:
+                    pieces.append(self._guard.policy.notice(span))
+                    self.matches.append(span)
+                self._flagged_chars += len(normalise(self.text[max(position, span.start):span.end]).text)
+                position = span.end
+                self._suppressing = span.doc_id if growing else None
+                release_to = max(release_to, position)
+            elif growing:
+                release_to = min(release_to, max(span.start, position))  # may yet become a copy
+            elif (span.doc_id, span.end) not in self._counted:
+                self._counted.add((span.doc_id, span.end))
+                self._quoted[work_name(span)] += span.chars
+        if release_to > position:
+            pieces.append(self.text[position:release_to])
+            position = release_to
+        self._released = position
+        if self._should_block(len(normalised.text), final):
+            self.blocked = True
+            return Release("", blocked=True)
+        return Release("".join(pieces))
+
+    def _is_copy(self, span: Match, continues: bool) -> bool:
+        """Flag spans of Q chars or more, the rest of a copy already flagged, and mosaics."""
+        if continues or span.chars >= self._quote:
+            return True
+        return self._quoted[work_name(span)] + span.chars >= self._guard.settings.mosaic_chars
+
+    def _should_block(self, normalised_chars: int, final: bool) -> bool:
+        """Block on `block_chars` copied at any point; on the share copied only at the end,
+        since mid-stream the answer may yet go on with text of its own."""
+        settings = self._guard.settings
+        if self._flagged_chars >= settings.block_chars:
+            return True
+        return final and 0 < self._flagged_chars >= settings.block_ratio * normalised_chars
+
+    def _window_start(self) -> int:
+        """Where the checked window begins: far enough back to see a copy begun earlier."""
+        if self._released == 0:
+            return 0
+        released = normalise(self.text[:self._released])
+        if len(released.text) <= self._context:
+            return 0
+        return int(released.offsets[len(released.text) - self._context])
+
+
+def _original_before(offsets: np.ndarray, normalised_position: int) -> int:
+    """Original index that keeps the first `normalised_position` normalised chars before it."""
+    if normalised_position <= 0:
+        return 0
+    if normalised_position >= len(offsets):
+        return int(offsets[-1]) + 1 if len(offsets) else 0
+    return int(offsets[normalised_position])
