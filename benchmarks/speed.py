@@ -167,7 +167,7 @@ def p99(samples: Sequence[float]) -> float:
 
 
 def time_calls(call: Callable[[str], object], texts: Sequence[str], repeats: int) -> list[float]:
-    """Milliseconds per call, cycling through `texts`, after a warm-up pass over them."""
+    """Milliseconds per call, cycling through `texts`, after WARMUP_ROUNDS untimed passes over them."""
     for text in list(texts) * WARMUP_ROUNDS:
         call(text)
     samples = []
@@ -189,6 +189,21 @@ async def time_async_calls(call: Callable[[str], Awaitable[object]], texts: Sequ
         await call(text)
         samples.append((time.perf_counter() - started) * 1000)
     return samples
+
+
+def settle(client: redis.Redis) -> None:
+    """Write the snapshot the embedded Redis owes for the writes so far, and flush it to disk:
+    its background save and the kernel's writeback would otherwise run during the timings."""
+    while True:
+        while client.info("persistence")["rdb_bgsave_in_progress"]:
+            time.sleep(0.1)
+        try:
+            client.save()
+            break
+        except redis.ResponseError:
+            if not client.info("persistence")["rdb_bgsave_in_progress"]:
+                raise  # not the race with a background save that started in between
+    os.sync()
 
 
 def redis_memory(client: redis.Redis, pattern: bytes) -> tuple[int, int]:
@@ -598,10 +613,7 @@ def run(options: Options, home: Path, client: redis.Redis) -> None:
     cases = build_cases(load_answers(), stock_build.documents)
     copied_1000 = next(c for c in cases if c.length == 1000 and c.flavour == "copied")
     stock.check_same_sketch(pipeline.sketcher, pipeline.segmenter.tokens(normalise(copied_1000.texts[0]).text)[0])
-    # Write the snapshot the embedded Redis owes for the ingest now, and flush it to disk: its
-    # background save and the kernel's writeback would otherwise run during the timings.
-    client.save()
-    os.sync()
+    settle(client)
 
     results, breakdowns, profile = asyncio.run(measure(settings, cases, stock, options))
     print_latency(results, stock_build, options, pipeline.params)

@@ -22,7 +22,7 @@ async def stream_through(guard: Guard, text: str, cuts: list[int]) -> tuple[str,
     stream = GuardedStream(guard)
     released: list[str] = []
     position = 0
-    for cut in sorted(set(cuts)) + [len(text)]:
+    for cut in [*sorted(set(cuts)), len(text)]:
         if cut <= position:
             continue
         release = await stream.feed(text[position:cut])
@@ -79,7 +79,8 @@ def test_copy_is_replaced_by_the_notice_and_the_answer_goes_on(indexed: Settings
     record = next(r for r in corpus_records if len(r["text"]) > 3000)
     copied = record["text"][1000:1100]
     before = "我来回答这个问题，先说说背景，再看原文的一段话，最后谈一谈我自己的看法和体会。这段话是这样写的："
-    after = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。从这段文字里，我们能看到作者对当时社会的观察，"
+    after = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。"
+             "从这段文字里，我们能看到作者对当时社会的观察，"
              "也能感受到他的语言风格：简练、冷峻，却又带着温度。欢迎你继续提问，我们可以再讨论别的问题。")
 
     async def run() -> tuple[str, bool]:

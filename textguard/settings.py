@@ -70,6 +70,13 @@ class Settings:
     block_message: str = "〔该回答大段复制了受著作权保护的作品（《{works}》），已被拦截〕"
     """Replaces a blocked answer; `{works}` lists the works copied."""
 
+    # Where the middleware looks.
+    guard_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    """Request paths whose answers are guarded (comma-separated in the environment); a
+    trailing `*` matches a prefix."""
+    expose_matches: bool = False
+    """Add a `textguard` field with the verdict and matches to guarded JSON answers."""
+
     # How a stream is guarded.
     stream_holdback_chars: int = 24
     """Normalised characters a stream keeps unreleased beyond what a check has cleared."""
@@ -152,6 +159,9 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
         if target is Path:
             return Path(value).expanduser()
+        if typing.get_origin(target) is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(item).strip() for item in items if str(item).strip())
         return target(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc

@@ -53,6 +53,7 @@ class GuardedStream:
         self._counted: set[tuple[str, int]] = set()  # quotations already added to `_quoted`
         self.matches: list[Match] = []
         self.blocked = False
+        self.finished = False
         self.skipped: str | None = None
 
     async def feed(self, delta: str) -> Release:
@@ -67,8 +68,9 @@ class GuardedStream:
 
     async def finish(self) -> Release:
         """The answer is complete: check what is left and release it."""
-        if self.blocked:
-            return Release("", blocked=True)
+        if self.blocked or self.finished:
+            return Release("", blocked=self.blocked)
+        self.finished = True
         return await self._check(final=True)
 
     async def _check(self, final: bool) -> Release:

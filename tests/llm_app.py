@@ -1,0 +1,87 @@
+"""A small fake OpenAI-compatible model for tests: it answers with the user's last message
+verbatim (so a test chooses the answer), streaming it a few characters per chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+class Recorder:
+    """What the fake model saw happen, for tests to assert on."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.completed = 0
+
+
+def _answer(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return str(body["messages"][-1]["content"])
+    return str(body.get("prompt", ""))
+
+
+def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> Starlette:
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        text = _answer(body)
+        chat_api = request.url.path.endswith("/chat/completions")
+        base = {"id": "cmpl-test", "created": int(time.time()), "model": body.get("model", "fake")}
+        if not body.get("stream"):
+            recorder.completed += 1
+            if chat_api:
+                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                return JSONResponse({**base, "object": "chat.completion", "choices": [choice],
+                                     "usage": {"prompt_tokens": 5, "completion_tokens": len(text),
+                                               "total_tokens": 5 + len(text)}})
+            choice = {"index": 0, "text": text, "finish_reason": "stop"}
+            return JSONResponse({**base, "object": "text_completion", "choices": [choice]})
+
+        async def events() -> AsyncIterator[str]:
+            kind = "chat.completion.chunk" if chat_api else "text_completion"
+            try:
+                if chat_api:
+                    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    yield f"data: {json.dumps({**base, 'object': kind, 'choices': [first]})}\n\n"
+                yield ": keep-alive\n\n"
+                for i in range(0, len(text), chunk_chars):
+                    piece = text[i:i + chunk_chars]
+                    choice: dict[str, Any] = {"index": 0, "finish_reason": None}
+                    if chat_api:
+                        choice["delta"] = {"content": piece}
+                    else:
+                        choice["text"] = piece
+                    yield f"data: {json.dumps({**base, 'object': kind, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+                    await asyncio.sleep(delay)
+                last: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+                last["delta" if chat_api else "text"] = {} if chat_api else ""
+                yield f"data: {json.dumps({**base, 'object': kind, 'choices': [last]})}\n\n"
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    usage = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+                    yield f"data: {json.dumps({**base, 'object': kind, 'choices': [], 'usage': usage})}\n\n"
+                yield "data: [DONE]\n\n"
+                recorder.completed += 1
+            except asyncio.CancelledError:
+                recorder.cancelled.set()
+                raise
+            finally:
+                if recorder.completed == 0:
+                    recorder.cancelled.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def other(request: Request) -> Response:
+        return PlainTextResponse("no guard here: " + request.query_params.get("text", ""))
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                             Route("/v1/completions", chat, methods=["POST"]),
+                             Route("/v1/other", other)])

@@ -1,0 +1,179 @@
+"""TextGuardMiddleware in front of a fake model, served by a real uvicorn on 127.0.0.1 and
+driven by the official openai client (and raw httpx2 where bytes matter)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from llm_app import Recorder, create_app
+from servers import serve
+from test_stream import longest_shared_run
+
+from textguard import Settings
+from textguard.middleware import TextGuardMiddleware
+
+BEFORE = "我来回答这个问题，先说说背景，再看原文的一段话，最后谈一谈我自己的看法和体会。这段话是这样写的："
+AFTER = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。从这段文字里，我们能看到作者对当时社会的观察，"
+         "也能感受到他的语言风格：简练、冷峻，却又带着温度。欢迎你继续提问，我们可以再讨论别的问题。")
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def guarded(settings: Settings, recorder: Recorder, **kwargs: Any) -> Iterator[str]:
+    with serve(TextGuardMiddleware(create_app(recorder, **kwargs), settings=settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def url(indexed: Settings, recorder: Recorder) -> Iterator[str]:
+    yield from guarded(indexed, recorder)
+
+
+@pytest.fixture
+def record(corpus_records: list[dict]) -> dict:
+    return next(r for r in corpus_records if len(r["text"]) > 3000)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="test", max_retries=0, timeout=30)
+
+
+def ask(url: str, text: str, **kwargs: Any) -> Any:
+    return client(url).chat.completions.create(model="fake", messages=[{"role": "user", "content": text}], **kwargs)
+
+
+def collect(stream: Any) -> tuple[str, list[str | None], list[Any]]:
+    text, reasons, usage = [], [], []
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage.append(chunk.usage)
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            reasons.append(choice.finish_reason)
+    return "".join(text), [r for r in reasons if r], usage
+
+
+def test_json_answer_is_rewritten_with_headers(url: str, record: dict) -> None:
+    copied = record["text"][1000:1100]
+    answer = BEFORE + copied + AFTER
+    completion = ask(url, answer)
+    content = completion.choices[0].message.content
+    assert content.startswith(BEFORE) and content.endswith(AFTER)
+    assert f"出自《{record['work']}》" in content and longest_shared_run(content, copied) < 30
+    assert completion.choices[0].finish_reason == "stop"
+    raw = httpx2.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": answer}]})
+    assert raw.headers["x-textguard-verdict"] == "rewrite"
+    assert int(raw.headers["content-length"]) == len(raw.content)
+
+
+def test_json_answer_is_blocked(url: str, record: dict) -> None:
+    completion = ask(url, record["text"][:1200])
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert record["work"] in completion.choices[0].message.content
+
+
+def test_clean_answers_pass_unchanged(url: str, negative_records: list[dict]) -> None:
+    text = negative_records[3]["text"]
+    assert ask(url, text).choices[0].message.content == text
+    streamed, reasons, _ = collect(ask(url, text, stream=True))
+    assert streamed == text and reasons == ["stop"]
+
+
+def test_legacy_completions(url: str, record: dict) -> None:
+    copied = record["text"][2000:2100]
+    completion = client(url).completions.create(model="fake", prompt=BEFORE + copied + AFTER)
+    assert f"出自《{record['work']}》" in completion.choices[0].text
+
+
+def test_stream_is_rewritten_and_goes_on(url: str, record: dict) -> None:
+    copied = record["text"][1000:1100]
+    text, reasons, _ = collect(ask(url, BEFORE + copied + AFTER, stream=True))
+    assert text.startswith(BEFORE) and text.endswith(AFTER)
+    assert f"出自《{record['work']}》" in text
+    assert longest_shared_run(text, copied) <= 50 and reasons == ["stop"]
+
+
+def test_stream_block_ends_as_clients_expect(indexed: Settings, recorder: Recorder, record: dict) -> None:
+    for url in guarded(indexed, recorder, delay=0.002):
+        copied = record["text"][:2000]
+        text, reasons, usage = collect(ask(url, BEFORE + copied, stream=True,
+                                           stream_options={"include_usage": True}))
+        assert reasons == ["content_filter"]
+        assert len(usage) == 1
+        assert longest_shared_run(text, copied) <= 50
+        assert recorder.cancelled.wait(10), "the app's generator was not stopped"
+        assert recorder.completed == 0
+
+
+def test_other_routes_pass_byte_for_byte(url: str) -> None:
+    response = httpx2.get(url + "/v1/other", params={"text": "天下大势"})
+    assert response.text == "no guard here: 天下大势" and "x-textguard-verdict" not in response.headers
+
+
+def test_client_disconnect_stops_the_app(indexed: Settings, recorder: Recorder, negative_records: list[dict]) -> None:
+    for url in guarded(indexed, recorder, delay=0.01, chunk_chars=1):
+        text = negative_records[5]["text"] * 3
+        with httpx2.stream("POST", url + "/v1/chat/completions",
+                           json={"stream": True, "messages": [{"role": "user", "content": text}]}) as response:
+            for _ in zip(range(5), response.iter_lines(), strict=False):
+                pass
+        assert recorder.cancelled.wait(10), "the app did not see the disconnect"
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_down_fails_as_configured(settings: Settings, recorder: Recorder, mode: str) -> None:
+    down = settings.replace(redis_url="redis://127.0.0.1:1/0", fail_mode=mode, redis_timeout_s=0.2)
+    for url in guarded(down, recorder):
+        started = time.monotonic()
+        response = httpx2.post(url + "/v1/chat/completions",
+                               json={"messages": [{"role": "user", "content": "一个普通的回答。"}]})
+        assert time.monotonic() - started < 5
+        assert response.headers["x-textguard-skipped"] == "redis"
+        content = response.json()["choices"][0]["message"]["content"]
+        assert (content == "一个普通的回答。") == (mode == "open")
+        _streamed, reasons, _ = collect(ask(url, "一个普通的回答，稍微长一点，足够触发一次检查。" * 3, stream=True))
+        assert (reasons == ["content_filter"]) == (mode == "closed")
+
+
+class _RawStream:
+    """An app that sends a prepared SSE body in odd-sized pieces, with CRLF line ends."""
+
+    def __init__(self, body: bytes, piece: int) -> None:
+        self.body, self.piece = body, piece
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        for i in range(0, len(self.body), self.piece):
+            await send({"type": "http.response.body", "body": self.body[i:i + self.piece], "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def test_split_events_crlf_and_cut_characters(indexed: Settings, negative_records: list[dict]) -> None:
+    text = negative_records[7]["text"][:300]
+    events = [{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": text[i:i + 4]}, "finish_reason": None}]}
+              for i in range(0, len(text), 4)]
+    events.append({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\r\n\r\n" for e in events)
+    body += b": ping\r\n\r\ndata: [DONE]\r\n\r\n"
+    with serve(TextGuardMiddleware(_RawStream(body, piece=7), settings=indexed)) as url:
+        text_out, reasons, _ = collect(ask(url, "x", stream=True))
+        raw = httpx2.post(url + "/v1/chat/completions", json={"stream": True})
+    assert text_out == text and reasons == ["stop"]
+    assert b": ping" in raw.content and raw.content.rstrip().endswith(b"data: [DONE]")
+    assert all(json.loads(line[6:])["id"] == "x" for line in raw.content.split(b"\n")
+               if line.startswith(b"data: {"))

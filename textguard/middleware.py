@@ -1,0 +1,370 @@
+"""`TextGuardMiddleware`: a pure ASGI middleware that guards the answers of chat endpoints.
+
+One responder object per request. Answers of the guarded paths are checked: JSON bodies
+(OpenAI chat and legacy completions, or plain text and markdown) are buffered, checked,
+rewritten or blocked, and sent with a recomputed Content-Length; event streams are checked as
+they grow, per choice, through `GuardedStream`, and released as soon as that is safe. Every
+other response passes byte for byte, unbuffered. The guard never swallows the client's
+`http.disconnect`; when it blocks a stream it stops reading the app, which then sees one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import gzip
+import json
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from textguard.guard import Guard
+from textguard.policy import Verdict
+from textguard.settings import Settings
+from textguard.sse import Event, EventParser, encode_data
+from textguard.stream import GuardedStream
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+VERDICT_HEADER = b"x-textguard-verdict"
+SKIPPED_HEADER = b"x-textguard-skipped"
+_RANK = {"allow": 0, "rewrite": 1, "block": 2}
+_TEXT_TYPES = ("text/plain", "text/markdown")
+
+
+class TextGuardMiddleware:
+    """Guard the answers of `paths` (default: settings.guard_paths, the OpenAI endpoints).
+
+    With no arguments but the app (as vLLM's `--middleware` builds it) it configures itself
+    from the environment and settings file, as the CLI does.
+    """
+
+    def __init__(self, app: ASGIApp, *, guard: Guard | None = None, settings: Settings | None = None,
+                 paths: tuple[str, ...] | None = None) -> None:
+        self.app = app
+        self.guard = guard or Guard(settings or Settings.load())
+        self.paths = paths if paths is not None else self.guard.settings.guard_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(fnmatch.fnmatchcase(scope["path"], p) for p in self.paths):
+            await self.app(scope, receive, send)
+            return
+        await _Responder(self, scope, receive, send).run()
+
+
+class _Stopped(OSError):
+    """Raised into the app when the guard has ended the response (a blocked stream). An
+    OSError, as a vanished client is to an ASGI app: apps and servers already unwind on it."""
+
+
+class _Responder:
+    def __init__(self, middleware: TextGuardMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        self.app = middleware.app
+        self.guard = middleware.guard
+        self.settings = middleware.guard.settings
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.start: Message | None = None
+        self.mode = "pass"  # pass, buffer or stream, decided at http.response.start
+        self.body = bytearray()
+        self.stopped = asyncio.Event()
+        self.request_body = bytearray()
+        self.parser = EventParser()
+        self.streams: dict[int, GuardedStream] = {}
+
+    async def run(self) -> None:
+        try:
+            await self.app(self.scope, self._receive, self._send)
+        except Exception:
+            if not self.stopped.is_set():
+                raise
+            # the app unwinding from the stop we caused (perhaps wrapped in its own exception)
+
+    async def _receive(self) -> Message:
+        if self.stopped.is_set():
+            return {"type": "http.disconnect"}
+        receiving = asyncio.ensure_future(self.receive())
+        stopping = asyncio.ensure_future(self.stopped.wait())
+        done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if receiving in done:
+            stopping.cancel()
+            message = receiving.result()
+            if message["type"] == "http.request":
+                self.request_body += message.get("body", b"")
+            return message
+        receiving.cancel()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        if self.stopped.is_set():
+            raise _Stopped
+        if message["type"] == "http.response.start":
+            self.start = message
+            self.mode = self._mode(message)
+            if self.mode == "pass":
+                await self.send(message)
+            elif self.mode == "stream":
+                await self.send(_with_headers(message, {b"x-textguard": b"guarded"}, drop=(b"content-length",)))
+            return
+        if message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        if self.mode == "pass":
+            await self.send(message)
+        elif self.mode == "buffer":
+            self.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                await self._send_checked()
+        else:
+            try:
+                await self._stream(message.get("body", b""), more=message.get("more_body", False))
+            except _Stopped:
+                # We ended the response. The app learns it from receive() (http.disconnect) or,
+                # if it does not listen, from its next send, which raises.
+                return
+
+    def _mode(self, start: Message) -> str:
+        if not 200 <= start["status"] < 300:
+            return "pass"
+        headers = {k.lower(): v for k, v in start.get("headers", [])}
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        if content_type.startswith("text/event-stream"):
+            return "stream"
+        if content_type.startswith(("application/json", *_TEXT_TYPES)):
+            return "buffer"
+        return "pass"
+
+    # -- whole answers ------------------------------------------------------------------
+
+    async def _send_checked(self) -> None:
+        assert self.start is not None
+        headers = {k.lower(): v for k, v in self.start.get("headers", [])}
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").lower().strip()
+        try:
+            body = _decode(bytes(self.body), encoding)
+        except (OSError, ValueError, zlib.error) as exc:
+            logger.warning("cannot decode a %s answer: %s", encoding, exc)
+            self.guard.skipped["encoding"] += 1
+            await self._finish_unchecked("encoding")
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        if content_type.startswith(_TEXT_TYPES):
+            text = body.decode("utf-8", "replace")
+            verdict = await self.guard.check(text, budget_ms=self.settings.check_timeout_ms)
+            await self._respond(verdict.text.encode(), [verdict])
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            await self._respond(body, [])  # not JSON after all: nothing to read an answer from
+            return
+        verdicts = [await self._check_field(choice, holder, key) for choice, holder, key in _answer_fields(payload)]
+        if self.settings.expose_matches and isinstance(payload, dict) and verdicts:
+            payload["textguard"] = _summary(verdicts)
+        changed = any(v.verdict != "allow" or v.skipped for v in verdicts) or self.settings.expose_matches
+        await self._respond(json.dumps(payload, ensure_ascii=False).encode() if changed else body, verdicts)
+
+    async def _check_field(self, choice: dict[str, Any], holder: dict[str, Any], key: str) -> Verdict:
+        verdict = await self.guard.check(holder[key], budget_ms=self.settings.check_timeout_ms)
+        if verdict.verdict != "allow":
+            holder[key] = verdict.text
+        if verdict.verdict == "block":
+            choice["finish_reason"] = "content_filter"
+        return verdict
+
+    async def _respond(self, body: bytes, verdicts: list[Verdict]) -> None:
+        assert self.start is not None
+        worst = max((v.verdict for v in verdicts), key=_RANK.__getitem__, default="allow")
+        extra = {VERDICT_HEADER: worst.encode(), b"content-length": str(len(body)).encode()}
+        skipped = sorted({v.skipped for v in verdicts if v.skipped})
+        if skipped:
+            extra[SKIPPED_HEADER] = ",".join(skipped).encode()
+        await self.send(_with_headers(self.start, extra, drop=(b"content-encoding", b"content-length")))
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _finish_unchecked(self, reason: str) -> None:
+        if self.settings.fail_mode == "closed":
+            message = self.settings.block_message.format(works="未能核查").encode()
+            await self._respond(message, [Verdict("block", "", 0, (), 0.0, skipped=reason)])
+        else:
+            assert self.start is not None
+            await self.send(_with_headers(self.start, {VERDICT_HEADER: b"allow", SKIPPED_HEADER: reason.encode()}))
+            await self.send({"type": "http.response.body", "body": bytes(self.body), "more_body": False})
+
+    # -- streams --------------------------------------------------------------------------
+
+    async def _stream(self, chunk: bytes, more: bool) -> None:
+        events = self.parser.feed(chunk)
+        if not more:
+            events += self.parser.close()
+        for event in events:
+            await self._event(event)
+            if self.stopped.is_set():
+                return
+        if not more:
+            await self._finish_streams()
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _event(self, event: Event) -> None:
+        if event.data is None:
+            await self._emit(event.encode())  # comments and keep-alives pass as they are
+            return
+        if event.data.strip() == "[DONE]":
+            await self._finish_streams()
+            await self._emit(event.encode())
+            return
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            self.guard.skipped["malformed"] += 1
+            logger.warning("passing an event whose data is not JSON")
+            await self._emit(event.encode())
+            return
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list) or not chunk["choices"]:
+            await self._emit(event.encode())  # usage chunks, errors, other objects
+            return
+        await self._chat_chunk(chunk, event)
+
+    async def _chat_chunk(self, chunk: dict[str, Any], event: Event) -> None:
+        keep: list[dict[str, Any]] = []
+        for choice in chunk["choices"]:
+            if not isinstance(choice, dict):
+                keep.append(choice)
+                continue
+            index = int(choice.get("index", 0))
+            stream = self.streams.setdefault(index, GuardedStream(self.guard))
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else None
+            holder, key = (delta, "content") if delta is not None else (choice, "text")
+            content = holder.get(key)
+            if isinstance(content, str) and content:
+                release = await stream.feed(content)
+                if release.blocked:
+                    await self._block(chunk, index)  # raises _Stopped
+                holder[key] = release.text
+            if choice.get("finish_reason") is not None:
+                await self._flush_choice(chunk, index, holder, key)
+            if _carries_something(choice, holder, key):
+                keep.append(choice)
+        if keep:
+            await self._emit(encode_data(json.dumps({**chunk, "choices": keep}, ensure_ascii=False)))
+
+    async def _flush_choice(self, chunk: dict[str, Any], index: int, holder: dict[str, Any], key: str) -> None:
+        """Before a choice's finish_reason, send what its stream still holds, in a chunk of its
+        own: clients drop content that shares a chunk with the finish_reason."""
+        release = await self.streams[index].finish()
+        if release.blocked:
+            await self._block(chunk, index)  # raises _Stopped
+        text = (holder.get(key) or "") + release.text
+        holder[key] = ""
+        if text:
+            await self._emit(encode_data(json.dumps(_content_chunk(chunk, index, key, text), ensure_ascii=False)))
+
+    async def _finish_streams(self) -> None:
+        """The body ended (or [DONE] came) with choices still holding text: release it."""
+        for index, stream in list(self.streams.items()):
+            if stream.finished:
+                continue
+            release = await stream.finish()
+            if release.text:
+                template = {"object": "chat.completion.chunk", "choices": []}
+                await self._emit(encode_data(json.dumps(_content_chunk(template, index, "content", release.text),
+                                                        ensure_ascii=False)))
+
+    async def _block(self, chunk: dict[str, Any], index: int) -> None:
+        """End the stream as clients expect: an empty delta with finish_reason content_filter,
+        the usage chunk if one was asked for, then [DONE]; and stop the app."""
+        delta_key = "delta" if any(isinstance(c, dict) and "delta" in c for c in chunk["choices"]) else None
+        choice: dict[str, Any] = {"index": index, "finish_reason": "content_filter"}
+        if delta_key:
+            choice["delta"] = {}
+        else:
+            choice["text"] = ""
+        await self._emit(encode_data(json.dumps({**chunk, "choices": [choice]}, ensure_ascii=False)))
+        if self._wants_usage():
+            usage = {k: v for k, v in chunk.items() if k in ("id", "object", "created", "model")}
+            usage.update(choices=[], usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+            await self._emit(encode_data(json.dumps(usage)))
+        await self._emit(encode_data("[DONE]"))
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.stopped.set()
+        raise _Stopped
+
+    def _wants_usage(self) -> bool:
+        try:
+            request = json.loads(self.request_body or b"{}")
+        except ValueError:
+            return False
+        options = request.get("stream_options") if isinstance(request, dict) else None
+        return isinstance(options, dict) and bool(options.get("include_usage"))
+
+    async def _emit(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+def _carries_something(choice: dict[str, Any], holder: dict[str, Any], key: str) -> bool:
+    """Does a choice still say anything once its held-back content is taken out?"""
+    if holder.get(key):
+        return True
+    if choice.get("finish_reason") is not None or choice.get("logprobs"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(k != "content" and v is not None for k, v in delta.items())
+
+
+def _content_chunk(chunk: dict[str, Any], index: int, key: str, text: str) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "finish_reason": None}
+    if key == "content":
+        choice["delta"] = {"content": text}
+    else:
+        choice["text"] = text
+    return {**chunk, "choices": [choice]}
+
+
+def _answer_fields(payload: Any) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """Where answer texts sit: (choice, holder, key) for choices[].message.content (chat) and
+    choices[].text (legacy completions)."""
+    fields: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        return fields
+    for choice in payload["choices"]:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            fields.append((choice, message, "content"))
+        elif isinstance(choice.get("text"), str):
+            fields.append((choice, choice, "text"))
+    return fields
+
+
+def _summary(verdicts: list[Verdict]) -> dict[str, Any]:
+    worst = max((v.verdict for v in verdicts), key=_RANK.__getitem__)
+    return {"verdict": worst, "matches": [m.to_dict() for v in verdicts for m in v.matches]}
+
+
+def _decode(body: bytes, encoding: str) -> bytes:
+    if encoding in ("identity", ""):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    if encoding == "br":
+        import brotli  # optional: only needed when an app compresses with Brotli
+
+        return bytes(brotli.decompress(body))
+    raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+def _with_headers(start: Message, extra: dict[bytes, bytes], drop: tuple[bytes, ...] = ()) -> Message:
+    dropped = set(drop) | set(extra)
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in dropped]
+    return {**start, "headers": headers + list(extra.items())}

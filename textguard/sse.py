@@ -1,0 +1,60 @@
+"""Server-sent events, incrementally: events may arrive split across body messages, lines may
+end in CRLF, and a multibyte character may be cut between two messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One SSE event: its raw lines (to re-send untouched) and its joined `data` field."""
+
+    lines: tuple[bytes, ...]
+    data: str | None  # None: no data field (a comment or keep-alive, or only other fields)
+
+    def encode(self) -> bytes:
+        return b"".join(line + b"\n" for line in self.lines) + b"\n"
+
+
+def encode_data(data: str) -> bytes:
+    return b"".join(b"data: " + line.encode() + b"\n" for line in data.split("\n")) + b"\n"
+
+
+class EventParser:
+    """Feed body bytes, get complete events. Lines are split on bytes, so characters stay whole."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._lines: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        self._buffer += chunk
+        events: list[Event] = []
+        *complete, self._buffer = self._buffer.split(b"\n")
+        for raw in complete:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if line:
+                self._lines.append(line)
+            elif self._lines:
+                events.append(_event(self._lines))
+                self._lines = []
+        return events
+
+    def close(self) -> list[Event]:
+        """Whatever is left when the body ends (a last event without its blank line)."""
+        if self._buffer:
+            self._lines.append(self._buffer.rstrip(b"\r"))
+            self._buffer = b""
+        events = [_event(self._lines)] if self._lines else []
+        self._lines = []
+        return events
+
+
+def _event(lines: list[bytes]) -> Event:
+    data: list[str] = []
+    for line in lines:
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
+    return Event(tuple(lines), "\n".join(data) if data else None)
