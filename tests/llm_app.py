@@ -79,9 +79,56 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def responses(request: Request) -> Response:
+        body = await request.json()
+        text = str(body["input"] if isinstance(body["input"], str) else body["input"][-1]["content"])
+        message = {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        response = {"id": "resp_1", "object": "response", "created_at": int(time.time()), "model": "fake",
+                    "status": "completed", "output": [message], "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": []}
+        if not body.get("stream"):
+            recorder.completed += 1
+            return JSONResponse(response)
+
+        async def events() -> AsyncIterator[str]:
+            sequence = 0
+
+            def event(payload: dict[str, Any]) -> str:
+                nonlocal sequence
+                payload["sequence_number"] = sequence
+                sequence += 1
+                return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+            started = {**response, "status": "in_progress", "output": []}
+            try:
+                yield event({"type": "response.created", "response": started})
+                yield event({"type": "response.output_item.added", "output_index": 0,
+                             "item": {**message, "status": "in_progress", "content": []}})
+                part = {"type": "output_text", "text": "", "annotations": []}
+                yield event({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0,
+                             "content_index": 0, "part": part})
+                for i in range(0, len(text), chunk_chars):
+                    yield event({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+                                 "content_index": 0, "delta": text[i:i + chunk_chars]})
+                    await asyncio.sleep(delay)
+                yield event({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+                             "content_index": 0, "text": text})
+                yield event({"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0,
+                             "content_index": 0, "part": {**part, "text": text}})
+                yield event({"type": "response.output_item.done", "output_index": 0, "item": message})
+                yield event({"type": "response.completed", "response": response})
+                recorder.completed += 1
+            finally:
+                if recorder.completed == 0:
+                    recorder.cancelled.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def other(request: Request) -> Response:
         return PlainTextResponse("no guard here: " + request.query_params.get("text", ""))
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/completions", chat, methods=["POST"]),
+                             Route("/v1/responses", responses, methods=["POST"]),
                              Route("/v1/other", other)])

@@ -177,3 +177,81 @@ def test_split_events_crlf_and_cut_characters(indexed: Settings, negative_record
     assert b": ping" in raw.content and raw.content.rstrip().endswith(b"data: [DONE]")
     assert all(json.loads(line[6:])["id"] == "x" for line in raw.content.split(b"\n")
                if line.startswith(b"data: {"))
+
+
+def test_responses_api_json_and_stream(url: str, record: dict) -> None:
+    copied = record["text"][1000:1100]
+    answer = BEFORE + copied + AFTER
+    response = client(url).responses.create(model="fake", input=answer)
+    assert f"出自《{record['work']}》" in response.output_text and response.output_text.endswith(AFTER)
+    events = list(client(url).responses.create(model="fake", input=answer, stream=True))
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed.startswith(BEFORE) and streamed.endswith(AFTER) and f"出自《{record['work']}》" in streamed
+    assert longest_shared_run(streamed, copied) <= 50
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == streamed
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == streamed
+
+
+def test_responses_api_block(indexed: Settings, recorder: Recorder, record: dict) -> None:
+    for url in guarded(indexed, recorder, delay=0.002):
+        copied = record["text"][:2000]
+        events = list(client(url).responses.create(model="fake", input=BEFORE + copied, stream=True))
+        assert events[-1].type == "response.incomplete"
+        assert events[-1].response.incomplete_details.reason == "content_filter"
+        streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert longest_shared_run(streamed, copied) <= 50
+        assert recorder.cancelled.wait(10)
+        blocked = client(url).responses.create(model="fake", input=copied)
+        assert blocked.status == "incomplete" and blocked.incomplete_details.reason == "content_filter"
+
+
+def test_builds_itself_from_the_environment(indexed: Settings, monkeypatch: pytest.MonkeyPatch,
+                                             recorder: Recorder, record: dict) -> None:
+    monkeypatch.setenv("TEXTGUARD_HOME", str(indexed.home))
+    monkeypatch.setenv("TEXTGUARD_INDEX", indexed.index)
+    monkeypatch.setenv("TEXTGUARD_EXPOSE_MATCHES", "true")
+    if indexed.redis_url:
+        monkeypatch.setenv("TEXTGUARD_REDIS_URL", indexed.redis_url)
+    middleware = TextGuardMiddleware(create_app(recorder))  # as vLLM's --middleware builds it
+    with serve(middleware) as url:
+        payload = httpx2.post(url + "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": BEFORE + record["text"][1000:1100] + AFTER}]}).json()
+    assert payload["textguard"]["verdict"] == "rewrite"
+    assert payload["textguard"]["matches"][0]["doc_id"] == record["id"]
+
+
+class _Compressed:
+    """An app answering with a gzip-compressed JSON body, and a background task."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.background_ran = False
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        import gzip
+
+        from starlette.background import BackgroundTask
+        from starlette.responses import Response
+
+        def mark() -> None:
+            self.background_ran = True
+
+        body = gzip.compress(json.dumps({"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}]},
+            ensure_ascii=False).encode())
+        response = Response(body, media_type="application/json", headers={"content-encoding": "gzip"},
+                            background=BackgroundTask(mark))
+        await response(scope, receive, send)
+
+
+def test_compressed_answers_are_checked_and_background_tasks_run(indexed: Settings, record: dict) -> None:
+    app = _Compressed(BEFORE + record["text"][1000:1100] + AFTER)
+    with serve(TextGuardMiddleware(app, settings=indexed)) as url:
+        response = httpx2.post(url + "/v1/chat/completions", json={})
+    assert response.headers["x-textguard-verdict"] == "rewrite"
+    assert "content-encoding" not in response.headers
+    assert f"出自《{record['work']}》" in response.json()["choices"][0]["message"]["content"]
+    assert app.background_ran

@@ -79,6 +79,10 @@ class _Responder:
         self.request_body = bytearray()
         self.parser = EventParser()
         self.streams: dict[int, GuardedStream] = {}
+        self.streams_by_part: dict[tuple[Any, Any, Any], GuardedStream] = {}
+        self.released_by_part: dict[tuple[Any, Any, Any], str] = {}
+        self.response_object: dict[str, Any] = {}
+        self.sequence = 0
 
     async def run(self) -> None:
         try:
@@ -177,7 +181,10 @@ class _Responder:
         if verdict.verdict != "allow":
             holder[key] = verdict.text
         if verdict.verdict == "block":
-            choice["finish_reason"] = "content_filter"
+            if choice.get("object") == "response":  # the Responses API's way to say it
+                choice.update(status="incomplete", incomplete_details={"reason": "content_filter"})
+            else:
+                choice["finish_reason"] = "content_filter"
         return verdict
 
     async def _respond(self, body: bytes, verdicts: list[Verdict]) -> None:
@@ -228,10 +235,75 @@ class _Responder:
             logger.warning("passing an event whose data is not JSON")
             await self._emit(event.encode())
             return
+        if isinstance(chunk, dict) and str(chunk.get("type", "")).startswith("response."):
+            await self._responses_event(chunk)
+            return
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list) or not chunk["choices"]:
             await self._emit(event.encode())  # usage chunks, errors, other objects
             return
         await self._chat_chunk(chunk, event)
+
+    # -- the Responses API's events --------------------------------------------------------
+
+    async def _responses_event(self, event: dict[str, Any]) -> None:
+        """Guard response.output_text.delta per content part; put the released text into the
+        done events and the final response; renumber events, since held-back deltas are dropped."""
+        kind = event["type"]
+        if kind == "response.created" and isinstance(event.get("response"), dict):
+            self.response_object = event["response"]
+        part = (event.get("item_id"), event.get("output_index"), event.get("content_index"))
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            stream = self.streams_by_part.setdefault(part, GuardedStream(self.guard))
+            release = await stream.feed(event["delta"])
+            if release.blocked:
+                await self._incomplete()
+            self.released_by_part[part] = self.released_by_part.get(part, "") + release.text
+            if not release.text:
+                return
+            event["delta"] = release.text
+        elif kind == "response.output_text.done":
+            stream = self.streams_by_part.setdefault(part, GuardedStream(self.guard))
+            release = await stream.finish()
+            if release.blocked:
+                await self._incomplete()
+            if release.text:
+                self.released_by_part[part] = self.released_by_part.get(part, "") + release.text
+                await self._emit_response_event({**event, "type": "response.output_text.delta",
+                                                 "delta": release.text})
+                event = {k: v for k, v in event.items() if k != "delta"}
+            event["text"] = self.released_by_part.get(part, "")
+        else:
+            self._replace_released_texts(event)
+        await self._emit_response_event(event)
+
+    def _replace_released_texts(self, event: dict[str, Any]) -> None:
+        """Done and completed events repeat the whole text: give them the released text."""
+        released = {(item_id, content_index): text for (item_id, _, content_index), text
+                    in self.released_by_part.items()}
+        if isinstance(event.get("part"), dict) and "text" in event["part"]:
+            event["part"]["text"] = released.get((event.get("item_id"), event.get("content_index")),
+                                                 event["part"]["text"])
+        items = [event["item"]] if isinstance(event.get("item"), dict) else []
+        if isinstance(event.get("response"), dict) and isinstance(event["response"].get("output"), list):
+            items += [i for i in event["response"]["output"] if isinstance(i, dict)]
+        for item in items:
+            for index, content in enumerate(item.get("content") or []):
+                if isinstance(content, dict) and (item.get("id"), index) in released:
+                    content["text"] = released[(item.get("id"), index)]
+
+    async def _incomplete(self) -> None:
+        """End a Responses stream the way that API reports a filtered answer, and stop the app."""
+        response = {**self.response_object, "status": "incomplete",
+                    "incomplete_details": {"reason": "content_filter"}}
+        await self._emit_response_event({"type": "response.incomplete", "response": response})
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.stopped.set()
+        raise _Stopped
+
+    async def _emit_response_event(self, event: dict[str, Any]) -> None:
+        event["sequence_number"] = self.sequence
+        self.sequence += 1
+        await self._emit(encode_data(json.dumps(event, ensure_ascii=False), event=event["type"]))
 
     async def _chat_chunk(self, chunk: dict[str, Any], event: Event) -> None:
         keep: list[dict[str, Any]] = []
@@ -329,9 +401,17 @@ def _content_chunk(chunk: dict[str, Any], index: int, key: str, text: str) -> di
 
 
 def _answer_fields(payload: Any) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
-    """Where answer texts sit: (choice, holder, key) for choices[].message.content (chat) and
-    choices[].text (legacy completions)."""
+    """Where answer texts sit: (choice, holder, key) for choices[].message.content (chat),
+    choices[].text (legacy completions) and output[].content[].text (Responses API, whose
+    `choice` is the response itself)."""
     fields: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+    if isinstance(payload, dict) and payload.get("object") == "response" and isinstance(payload.get("output"), list):
+        for item in payload["output"]:
+            for content in (item.get("content") or []) if isinstance(item, dict) else []:
+                if isinstance(content, dict) and content.get("type") == "output_text" \
+                        and isinstance(content.get("text"), str):
+                    fields.append((payload, content, "text"))
+        return fields
     if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
         return fields
     for choice in payload["choices"]:

@@ -71,7 +71,7 @@ class Settings:
     """Replaces a blocked answer; `{works}` lists the works copied."""
 
     # Where the middleware looks.
-    guard_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    guard_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
     """Request paths whose answers are guarded (comma-separated in the environment); a
     trailing `*` matches a prefix."""
     expose_matches: bool = False

@@ -17,8 +17,9 @@ class Event:
         return b"".join(line + b"\n" for line in self.lines) + b"\n"
 
 
-def encode_data(data: str) -> bytes:
-    return b"".join(b"data: " + line.encode() + b"\n" for line in data.split("\n")) + b"\n"
+def encode_data(data: str, event: str | None = None) -> bytes:
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"".join(b"data: " + line.encode() + b"\n" for line in data.split("\n")) + b"\n"
 
 
 class EventParser:
