@@ -34,7 +34,9 @@ _PAD = 60  # normalised chars aligned beyond the outermost seeds (more while spa
 _SPLIT = 300  # seeds further apart than this in the source are aligned separately
 _FETCH = 2000  # original chars fetched around the LSH hits of a document...
 _WHOLE = 16_000  # ...or up to this many, around all of them, for the best candidates
-_WIDE_DOCUMENTS = 4  # how many of the best candidates are fetched that wide
+_WIDE_DOCUMENTS = 4  # how many of the best candidates are fetched that wide...
+_WIDE_HITS = 3  # ...if they have at least this many hits
+_MIN_HITS = 2  # candidates with fewer hits are not verified
 _MAX_DOCUMENTS = 16  # candidate documents verified per check, most hits first
 _MAX_PASSES = 8  # alignments per stretch (each finds what the ones before did not)
 _MAX_GROWTH = 4  # times a stretch may grow when a span runs into its edge
@@ -104,8 +106,13 @@ class Detector:
                 hits[posting.number].append((anchor, posting.offset))
         if not hits:
             return normalised, []
-        ranked = sorted(hits, key=lambda n: len(hits[n]), reverse=True)[:_MAX_DOCUMENTS]
-        wanted = {number: _fetch_ranges(hits[number], wide=rank < _WIDE_DOCUMENTS)
+        # A lone hit is a bigram pair shared by chance (a copy of Q chars gives several):
+        # verifying it would cost a fetch and an alignment per answer.
+        ranked = sorted((n for n in hits if len(hits[n]) >= _MIN_HITS), key=lambda n: len(hits[n]),
+                        reverse=True)[:_MAX_DOCUMENTS]
+        if not ranked:
+            return normalised, []
+        wanted = {number: _fetch_ranges(hits[number], wide=rank < _WIDE_DOCUMENTS and len(hits[number]) >= _WIDE_HITS)
                   for rank, number in enumerate(ranked)}
         spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
         metas: dict[int, dict[str, Any]] = {}

@@ -46,37 +46,49 @@ def _fold_char(char: str) -> str:
 
 def normalise(text: str) -> Normalised:
     """Normalise `text` for matching; see the module docstring for what is folded."""
+    matchable, unstable = _tables()
     code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    offsets = np.flatnonzero(_matchable_table()[code_points])
-    kept = code_points[offsets].tobytes().decode("utf-32-le", "surrogatepass")
-    folded = kept.casefold()
-    if len(folded) == len(kept) and unicodedata.is_normalized("NFKC", folded):
-        return Normalised(_simplify(folded), offsets.astype(np.int64))
-    # Compatibility forms (full-width letters, ligatures, circled digits) or a case fold that
-    # changes the length: fold the kept characters one by one.
+    offsets = np.flatnonzero(matchable[code_points])
+    kept = code_points[offsets]
+    to_fold = np.flatnonzero(unstable[kept])
+    if len(to_fold):
+        folds = [_fold_char(chr(c)) for c in kept[to_fold].tolist()]
+        if any(len(f) != 1 for f in folds):  # rare: a ligature or ß becomes several characters
+            return _normalise_by_character(kept, offsets)
+        kept = kept.copy()
+        kept[to_fold] = [ord(f) for f in folds]
+    folded = kept.tobytes().decode("utf-32-le", "surrogatepass")
+    return Normalised(_simplify(folded), offsets.astype(np.int64))
+
+
+def _normalise_by_character(kept: np.ndarray, offsets: np.ndarray) -> Normalised:
     chars: list[str] = []
     expanded: list[int] = []
-    for char, offset in zip(kept, offsets.tolist(), strict=True):
-        for folded_char in _fold_char(char):
-            chars.append(folded_char)
+    for code, offset in zip(kept.tolist(), offsets.tolist(), strict=True):
+        for folded in _fold_char(chr(code)):
+            chars.append(folded)
             expanded.append(offset)
     return Normalised(_simplify("".join(chars)), np.asarray(expanded, dtype=np.int64))
 
 
 def warm_up() -> None:
-    """Build the lookup table now rather than inside the first timed check."""
-    _matchable_table()
+    """Build the lookup tables now rather than inside the first timed check."""
+    _tables()
 
 
 @lru_cache(maxsize=1)
-def _matchable_table() -> np.ndarray:
-    """For every code point: is it a letter or digit, or does NFKC turn it into some?
-
-    Filtering a text is then one numpy gather; building the table takes ~0.3 s, once.
-    """
-    return np.fromiter(
-        ((c := chr(i)).isalnum() or any(x.isalnum() for x in unicodedata.normalize("NFKC", c))
-         for i in range(0x110000)), dtype=bool, count=0x110000)
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    """Two tables over all code points, so that normalising is a few numpy gathers:
+    matchable (a letter or digit, or NFKC turns it into some) and unstable (NFKC or case
+    folding changes it). Building them takes ~0.25 s, once."""
+    size = 0x110000
+    is_normalized = unicodedata.is_normalized
+    matchable = np.fromiter((chr(i).isalnum() for i in range(size)), dtype=bool, count=size)
+    unstable = np.fromiter(((c := chr(i)) != c.casefold() or not is_normalized("NFKC", c) for i in range(size)),
+                           dtype=bool, count=size)
+    for code in np.flatnonzero(unstable & ~matchable).tolist():
+        matchable[code] = bool(_fold_char(chr(code)))  # e.g. circled digits, compatibility ideographs
+    return matchable, unstable
 
 
 def _simplify(text: str) -> str:

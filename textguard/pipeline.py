@@ -22,7 +22,7 @@ class Pipeline:
                                           settings.shingle_tokens, settings.seed)
         self.sketcher = Sketcher(self.params)
         self.layout = Layout(settings.index, self.params, settings.bucket_bits,
-                             extra={"normaliser": NORMALISER_VERSION,
+                             extra={"normaliser": NORMALISER_VERSION, "segmenter": "jieba-no-hmm",
                                     "user_dict": self.segmenter.user_dict_digest})
 
     def sketch(self, text: Normalised) -> tuple[BandRuns, np.ndarray]:

@@ -44,8 +44,8 @@ class Settings:
     """Jaccard similarity of two windows that the LSH is tuned to find."""
     num_perm: int = 4
     """MinHash permutations per window; LSH bands x rows are chosen from these."""
-    window_shingles: int = 24
-    """Shingles per sliding window (about 40 Chinese characters)."""
+    window_shingles: int = 16
+    """Shingles per sliding window (about 28 Chinese characters)."""
     shingle_tokens: int = 2
     """Tokens per shingle (token n-grams)."""
     seed: int = 1
