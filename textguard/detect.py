@@ -36,7 +36,9 @@ _FETCH = 2000  # original chars fetched around the LSH hits of a document...
 _WHOLE = 16_000  # ...or up to this many, around all of them, for the best candidates
 _WIDE_DOCUMENTS = 4  # how many of the best candidates are fetched that wide...
 _WIDE_HITS = 3  # ...if they have at least this many hits
-_MIN_HITS = 2  # candidates with fewer hits are not verified
+_IN_LINE = 2  # a candidate is verified with this many hits on one diagonal...
+_DIAGONAL = 48  # ...(offsets agreeing within this many characters)...
+_SCATTERED = 4  # ...or this many hits anywhere in it
 _MAX_DOCUMENTS = 16  # candidate documents verified per check, most hits first
 _MAX_PASSES = 8  # alignments per stretch (each finds what the ones before did not)
 _MAX_GROWTH = 4  # times a stretch may grow when a span runs into its edge
@@ -106,9 +108,9 @@ class Detector:
                 hits[posting.number].append((anchor, posting.offset))
         if not hits:
             return normalised, []
-        # A lone hit is a bigram pair shared by chance (a copy of Q chars gives several):
-        # verifying it would cost a fetch and an alignment per answer.
-        ranked = sorted((n for n in hits if len(hits[n]) >= _MIN_HITS), key=lambda n: len(hits[n]),
+        # Hits shared by chance (common bigram pairs) are few and scattered; a copy of Q chars
+        # gives several in line. Verifying chance hits would cost a fetch and an alignment.
+        ranked = sorted((n for n in hits if _convincing(hits[n])), key=lambda n: len(hits[n]),
                         reverse=True)[:_MAX_DOCUMENTS]
         if not ranked:
             return normalised, []
@@ -124,6 +126,15 @@ class Detector:
             for stretch in _stretches(_seeds(normalised.text, source, hint)):
                 spans_by_doc[region.number].extend(_verify(normalised.text, source, region.start, stretch))
         return normalised, _resolve(normalised, spans_by_doc, metas)
+
+
+def _convincing(doc_hits: list[tuple[int, int]]) -> bool:
+    """Enough hits to verify: `_IN_LINE` on one diagonal, or `_SCATTERED` anywhere (a mosaic)."""
+    if len(doc_hits) >= _SCATTERED:
+        return True
+    diagonals = sorted(d - q for q, d in doc_hits)
+    return any(diagonals[i + _IN_LINE - 1] - diagonals[i] <= _DIAGONAL
+               for i in range(len(diagonals) - _IN_LINE + 1))
 
 
 def _fetch_ranges(doc_hits: list[tuple[int, int]], wide: bool) -> list[tuple[int, int]]:

