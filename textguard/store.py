@@ -90,15 +90,18 @@ end
 return removed
 """
 
-# KEYS: bucket key per lookup. ARGV: fields blob. One reply per lookup (nil when absent).
+# ARGV: key prefix, buckets (4 bytes each), fields blob. One reply per lookup (nil when
+# absent). Key names are built here rather than sent: a check looks up hundreds of them.
 _LOOKUP = """
-local fields = ARGV[1]
+local prefix, buckets, fields = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
-for i, key in ipairs(KEYS) do
+for i = 1, #buckets / 4 do
+  local bucket = struct.unpack('>I4', buckets, (i - 1) * 4 + 1)
+  local key = prefix .. '{s' .. (bucket % %(shards)d) .. '}:b' .. bucket
   out[i] = redis.call('HGET', key, string.sub(fields, (i - 1) * 5 + 1, i * 5)) or false
 end
 return out
-"""
+""".replace("%(shards)d", str(SHARDS))
 
 # KEYS: docs, live, pending, stats. ARGV: id, number, chars, entries. Makes `number` the live
 # version of `id`; the version it replaces is queued in pending for purging. Returns it or nil.
@@ -186,15 +189,18 @@ class Layout:
     def document(self, number: int) -> str:
         return f"{self.base}:d:{number}"
 
-    def entries(self, band_keys: np.ndarray) -> tuple[list[str], bytes]:
-        """Bucket key names and the packed 5-byte fields for `band_keys`."""
+    def packed(self, band_keys: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """Bucket numbers and the packed 5-byte fields for `band_keys`."""
         keys = band_keys.astype(np.uint64)
-        buckets = (keys & self._bucket_mask).tolist()
         fields = (keys >> np.uint64(self.bucket_bits)).astype(">u8").tobytes()
         # keep the low FIELD_BYTES bytes of each big-endian 8-byte value
         packed = np.frombuffer(fields, dtype=np.uint8).reshape(-1, 8)[:, 8 - FIELD_BYTES:].tobytes()
-        names = [self._bucket_prefix % (b % SHARDS, b) for b in buckets]
-        return names, packed
+        return (keys & self._bucket_mask).astype(np.uint32), packed
+
+    def entries(self, band_keys: np.ndarray) -> tuple[list[str], bytes]:
+        """Bucket key names and the packed 5-byte fields for `band_keys`."""
+        buckets, packed = self.packed(band_keys)
+        return [self._bucket_prefix % (b % SHARDS, b) for b in buckets.tolist()], packed
 
     def check(self, stored: str | bytes | None) -> None:
         """Refuse an index built with other parameters (their hashes would never match)."""
@@ -242,8 +248,8 @@ class IndexReader:
         """Postings of every band key (one script call: one round trip)."""
         if len(band_keys) == 0:
             return []
-        names, fields = self._layout.entries(band_keys)
-        replies = await self._lookup(keys=names, args=[fields])
+        buckets, fields = self._layout.packed(band_keys)
+        replies = await self._lookup(keys=[], args=[self._layout.base + ":", buckets.astype(">u4").tobytes(), fields])
         hits: list[Posting] = []
         for run, reply in enumerate(replies):
             if reply:
