@@ -717,6 +717,7 @@ async def measure(plain: Server, guarded: Server, answers: list[Answer], setting
 
 
 def run(options: Options, settings: Settings, redis_client: redis.Redis) -> None:
+    started = time.perf_counter()
     documents = load_corpus(options.corpus_fraction)
     seconds = build_index(settings, documents)
     answers = asyncio.run(make_answers(settings, documents))
@@ -729,6 +730,7 @@ def run(options: Options, settings: Settings, redis_client: redis.Redis) -> None
         asyncio.run(measure(plain, guarded, answers, settings, options, redis_client))
     if options.profile:
         print_profile(profile_guarded(settings, answers))
+    print(f"\nrun time {time.perf_counter() - started:.0f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
