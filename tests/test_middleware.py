@@ -255,3 +255,20 @@ def test_compressed_answers_are_checked_and_background_tasks_run(indexed: Settin
     assert "content-encoding" not in response.headers
     assert f"出自《{record['work']}》" in response.json()["choices"][0]["message"]["content"]
     assert app.background_ran
+
+
+def test_tool_call_and_role_deltas_pass_through(indexed: Settings) -> None:
+    tool_call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\""}}
+    events = [
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+         "choices": [{"index": 0, "delta": {"tool_calls": [tool_call]}, "finish_reason": None}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    with serve(TextGuardMiddleware(_RawStream(body, piece=11), settings=indexed)) as url:
+        raw = httpx2.post(url + "/v1/chat/completions", json={"stream": True})
+    sent = [json.loads(line[6:]) for line in raw.content.split(b"\n") if line.startswith(b"data: {")]
+    assert sent == events

@@ -335,7 +335,8 @@ class _Responder:
         if release.blocked:
             await self._block(chunk, index)  # raises _Stopped
         text = (holder.get(key) or "") + release.text
-        holder[key] = ""
+        if key in holder:
+            holder[key] = ""
         if text:
             await self._emit(encode_data(json.dumps(_content_chunk(chunk, index, key, text), ensure_ascii=False)))
 
