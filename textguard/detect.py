@@ -1,7 +1,9 @@
 """Stage 5: find copied spans: look up band runs, then verify candidates against stored text.
 
-LSH hits only nominate documents and rough positions. Each nomination is verified by aligning
-the checked text with the stored text around it (rapidfuzz's bit-parallel LCS alignment), and
+LSH hits only nominate documents and rough positions; a document is verified only when its
+hits are convincing (several in line, or many). Its text around the hits is fetched (for the
+best candidates, most of the chapter), and seeds, exact shared runs plus the hits, are clustered
+into stretches. Each stretch is aligned (rapidfuzz's bit-parallel LCS alignment), and
 the equal blocks of that alignment are chained into spans: blocks of at least `_ANCHOR` chars
 start and end a span, blocks of `_BRIDGE` chars or more keep it going, and gaps of up to `_GAP`
 chars between them (a substituted, inserted or deleted word, a homophone, a renamed character)
