@@ -97,14 +97,17 @@ class _Responder:
             return {"type": "http.disconnect"}
         receiving = asyncio.ensure_future(self.receive())
         stopping = asyncio.ensure_future(self.stopped.wait())
-        done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if receiving in done:
+        try:
+            done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the app cancels its receive(): leave no task behind
             stopping.cancel()
+            if not receiving.done():
+                receiving.cancel()
+        if receiving in done:
             message = receiving.result()
             if message["type"] == "http.request":
                 self.request_body += message.get("body", b"")
             return message
-        receiving.cancel()
         return {"type": "http.disconnect"}
 
     async def _send(self, message: Message) -> None:
@@ -253,7 +256,7 @@ class _Responder:
             self.response_object = event["response"]
         part = (event.get("item_id"), event.get("output_index"), event.get("content_index"))
         if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
-            stream = self.streams_by_part.setdefault(part, GuardedStream(self.guard))
+            stream = self._part_stream(part)
             release = await stream.feed(event["delta"])
             if release.blocked:
                 await self._incomplete()
@@ -262,7 +265,7 @@ class _Responder:
                 return
             event["delta"] = release.text
         elif kind == "response.output_text.done":
-            stream = self.streams_by_part.setdefault(part, GuardedStream(self.guard))
+            stream = self._part_stream(part)
             release = await stream.finish()
             if release.blocked:
                 await self._incomplete()
@@ -275,6 +278,12 @@ class _Responder:
         else:
             self._replace_released_texts(event)
         await self._emit_response_event(event)
+
+    def _part_stream(self, part: tuple[Any, Any, Any]) -> GuardedStream:
+        stream = self.streams_by_part.get(part)
+        if stream is None:
+            stream = self.streams_by_part[part] = GuardedStream(self.guard)
+        return stream
 
     def _replace_released_texts(self, event: dict[str, Any]) -> None:
         """Done and completed events repeat the whole text: give them the released text."""
@@ -312,7 +321,7 @@ class _Responder:
                 keep.append(choice)
                 continue
             index = int(choice.get("index", 0))
-            stream = self.streams.setdefault(index, GuardedStream(self.guard))
+            stream = self.streams.get(index) or self.streams.setdefault(index, GuardedStream(self.guard))
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else None
             holder, key = (delta, "content") if delta is not None else (choice, "text")
             content = holder.get(key)

@@ -61,6 +61,12 @@ def normalise(text: str) -> Normalised:
     return Normalised(_simplify(folded), offsets.astype(np.int64))
 
 
+def matchable_chars(text: str) -> int:
+    """How many characters of `text` count for matching (cheaper than normalising it)."""
+    code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return int(_tables()[0][code_points].sum())
+
+
 def _normalise_by_character(kept: np.ndarray, offsets: np.ndarray) -> Normalised:
     chars: list[str] = []
     expanded: list[int] = []

@@ -19,7 +19,7 @@ import numpy as np
 
 from textguard.detect import Match
 from textguard.guard import Guard
-from textguard.normalise import normalise
+from textguard.normalise import matchable_chars, normalise
 from textguard.policy import work_name
 
 
@@ -45,8 +45,7 @@ class GuardedStream:
         self._context = 2 * settings.quote_chars + 4 * settings.window_shingles
         self.text = ""  # everything received
         self._released = 0  # text[:_released] has been sent (or replaced by a notice)
-        self._cleared = 0  # text[:_cleared] was checked; text past it waits for a check
-        self._checked_chars = 0  # normalised length of the text at the last check
+        self._unchecked_chars = 0  # normalised characters received since the last check
         self._suppressing: str | None = None  # doc id of a flagged copy still running at the end
         self._flagged_chars = 0
         self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
@@ -61,8 +60,8 @@ class GuardedStream:
         if self.blocked:
             return Release("", blocked=True)
         self.text += delta
-        normalised_chars = len(normalise(self.text[self._cleared:]).text)
-        if normalised_chars < self._step:
+        self._unchecked_chars += matchable_chars(delta)
+        if self._unchecked_chars < self._step:
             return Release("")
         return await self._check(final=False)
 
@@ -74,7 +73,11 @@ class GuardedStream:
         return await self._check(final=True)
 
     async def _check(self, final: bool) -> Release:
-        window_start = self._window_start()
+        normalised = normalise(self.text)
+        # the window reaches back far enough to see a copy that began before the released point
+        released_chars = int(np.searchsorted(normalised.offsets, self._released))
+        window_start = int(normalised.offsets[released_chars - self._context]) \
+            if released_chars > self._context else 0
         verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms)
         if verdict.skipped is not None:
             self.skipped = verdict.skipped
@@ -83,8 +86,7 @@ class GuardedStream:
                 return Release("", blocked=True, skipped=verdict.skipped)
         spans = sorted((replace(m, start=m.start + window_start, end=m.end + window_start)
                         for m in (*verdict.matches, *verdict.quotations)), key=lambda m: m.start)
-        self._cleared = len(self.text)
-        normalised = normalise(self.text)
+        self._unchecked_chars = 0
         at_end = _original_before(normalised.offsets, len(normalised.text) - 1)
         release_to = len(self.text) if final else max(
             self._released, _original_before(normalised.offsets, len(normalised.text) - self._holdback))
@@ -132,15 +134,6 @@ class GuardedStream:
         if self._flagged_chars >= settings.block_chars:
             return True
         return final and 0 < self._flagged_chars >= settings.block_ratio * normalised_chars
-
-    def _window_start(self) -> int:
-        """Where the checked window begins: far enough back to see a copy begun earlier."""
-        if self._released == 0:
-            return 0
-        released = normalise(self.text[:self._released])
-        if len(released.text) <= self._context:
-            return 0
-        return int(released.offsets[len(released.text) - self._context])
 
 
 def _original_before(offsets: np.ndarray, normalised_position: int) -> int:
