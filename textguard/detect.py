@@ -97,7 +97,9 @@ class Detector:
         keys, inverse = np.unique(runs.keys, return_inverse=True)
         return normalised, keys, np.stack([inverse, anchors]) if len(keys) else np.zeros((2, 0), np.int64)
 
-    async def find(self, text: str) -> tuple[Normalised, list[Match]]:
+    async def find(self, text: str, memo: LookupMemo | None = None) -> tuple[Normalised, list[Match]]:
+        """Copied spans of `text`. `memo` carries lookups over between checks of one growing
+        text (a stream), so that each check looks up only the band keys it has not seen."""
         normalised, keys, key_anchors = self.prepare(text)
         if len(keys) == 0:
             return normalised, []
@@ -105,9 +107,9 @@ class Detector:
         for key_index, anchor in key_anchors.T.tolist():
             anchors_by_key[key_index].append(anchor)
         hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for posting in await self._reader.lookup(keys):
-            for anchor in anchors_by_key[posting.run]:
-                hits[posting.number].append((anchor, posting.offset))
+        for key_index, number, offset in await self._postings(keys, memo):
+            for anchor in anchors_by_key[key_index]:
+                hits[number].append((anchor, offset))
         if not hits:
             return normalised, []
         # Hits shared by chance (common bigram pairs) are few and scattered; a copy of Q chars
@@ -128,6 +130,22 @@ class Detector:
             for stretch in _stretches(_seeds(normalised.text, source, hint)):
                 spans_by_doc[region.number].extend(_verify(normalised.text, source, region.start, stretch))
         return normalised, _resolve(normalised, spans_by_doc, metas)
+
+    async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> list[tuple[int, int, int]]:
+        """(index into `keys`, document number, offset) of every posting of `keys`."""
+        if memo is None:
+            return [(p.run, p.number, p.offset) for p in await self._reader.lookup(keys)]
+        key_list = keys.tolist()
+        unknown = [i for i, key in enumerate(key_list) if key not in memo]
+        if unknown:
+            found: dict[int, list[tuple[int, int]]] = {key_list[i]: [] for i in unknown}
+            for posting in await self._reader.lookup(keys[unknown]):
+                found[key_list[unknown[posting.run]]].append((posting.number, posting.offset))
+            memo.update(found)
+        return [(i, number, offset) for i, key in enumerate(key_list) for number, offset in memo[key]]
+
+
+LookupMemo = dict[int, list[tuple[int, int]]]  # band key -> its postings (number, offset)
 
 
 def _convincing(doc_hits: list[tuple[int, int]]) -> bool:

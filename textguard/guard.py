@@ -14,7 +14,7 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from textguard._redis import connect_async
-from textguard.detect import Detector
+from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.pipeline import Pipeline
 from textguard.policy import Policy, Verdict
@@ -54,18 +54,20 @@ class Guard:
         return self._detector, self._reader
 
     async def check(self, text: str, *, budget_ms: float | None = None,
-                    fail_mode: FailMode | None = None) -> Verdict:
+                    fail_mode: FailMode | None = None, memo: LookupMemo | None = None) -> Verdict:
         """Check `text`; on a skipped check, `fail_mode` decides (default: the settings').
 
         `budget_ms` bounds the whole check (None: unbounded). A skip is counted in
         `self.skipped` and logged; with fail_mode "raise" it raises CheckSkipped instead.
+        `memo` (a dict kept by the caller) lets repeated checks of a growing text skip the
+        lookups they already made.
         """
         started = time.perf_counter()
         detector, reader = self._ensure_detector()
         try:
             async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
                 await reader.ensure_compatible()
-                normalised, matches = await detector.find(text)
+                normalised, matches = await detector.find(text, memo)
         except IndexMismatchError:
             raise
         except (TimeoutError, RedisError, OSError, StoreUnavailableError) as exc:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from textguard.detect import Match
+from textguard.detect import LookupMemo, Match
 from textguard.guard import Guard
 from textguard.normalise import matchable_chars, normalise
 from textguard.policy import work_name
@@ -42,10 +42,13 @@ class GuardedStream:
         self._quote = settings.quote_chars
         self._holdback = settings.stream_holdback_chars
         self._step = settings.stream_check_chars
-        self._context = 2 * settings.quote_chars + 4 * settings.window_shingles
+        # Normalised characters of released text re-checked with the new ones: a copy under way
+        # has released fewer than Q of them, and the index needs a few windows to see it.
+        self._context = settings.quote_chars + 3 * settings.window_shingles
         self.text = ""  # everything received
         self._released = 0  # text[:_released] has been sent (or replaced by a notice)
         self._unchecked_chars = 0  # normalised characters received since the last check
+        self._memo: LookupMemo = {}  # band lookups already made for this answer
         self._suppressing: str | None = None  # doc id of a flagged copy still running at the end
         self._flagged_chars = 0
         self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
@@ -78,7 +81,7 @@ class GuardedStream:
         released_chars = int(np.searchsorted(normalised.offsets, self._released))
         window_start = int(normalised.offsets[released_chars - self._context]) \
             if released_chars > self._context else 0
-        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms)
+        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms, memo=self._memo)
         if verdict.skipped is not None:
             self.skipped = verdict.skipped
             if verdict.verdict == "block":  # fail closed
