@@ -215,7 +215,9 @@ def test_builds_itself_from_the_environment(indexed: Settings, monkeypatch: pyte
     monkeypatch.setenv("TEXTGUARD_EXPOSE_MATCHES", "true")
     if indexed.redis_url:
         monkeypatch.setenv("TEXTGUARD_REDIS_URL", indexed.redis_url)
-    middleware = TextGuardMiddleware(create_app(recorder))  # as vLLM's --middleware builds it
+    import textguard
+
+    middleware = textguard.TextGuardMiddleware(create_app(recorder))  # as vLLM's --middleware builds it
     with serve(middleware) as url:
         payload = httpx2.post(url + "/v1/chat/completions", json={
             "messages": [{"role": "user", "content": BEFORE + record["text"][1000:1100] + AFTER}]}).json()

@@ -11,11 +11,13 @@ from textguard.errors import (
     TextGuardError,
 )
 from textguard.guard import Guard
+from textguard.middleware import TextGuardMiddleware
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
 __version__ = "0.1.0"
 __all__ = [
     "AddReport", "CheckSkipped", "ConfigError", "Corpus", "CorpusInputError", "Document", "Guard",
-    "IndexMismatchError", "Match", "Settings", "StoreUnavailableError", "TextGuardError", "Verdict",
+    "IndexMismatchError", "Match", "Settings", "StoreUnavailableError", "TextGuardError", "TextGuardMiddleware",
+    "Verdict",
 ]
