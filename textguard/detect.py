@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -114,8 +114,8 @@ class Detector:
             return normalised, []
         # Hits shared by chance (common bigram pairs) are few and scattered; a copy of Q chars
         # gives several in line. Verifying chance hits would cost a fetch and an alignment.
-        ranked = sorted((n for n in hits if _convincing(hits[n])), key=lambda n: len(hits[n]),
-                        reverse=True)[:_MAX_DOCUMENTS]
+        ranked = sorted((n for n in hits if _convincing(hits[n]) and not _heard(memo, n, hits[n])),
+                        key=lambda n: len(hits[n]), reverse=True)[:_MAX_DOCUMENTS]
         if not ranked:
             return normalised, []
         wanted = {number: _fetch_ranges(hits[number], wide=rank < _WIDE_DOCUMENTS and len(hits[number]) >= _WIDE_HITS)
@@ -129,6 +129,12 @@ class Detector:
                     if 0 <= d - region.start < len(region.text)]
             for stretch in _stretches(_seeds(normalised.text, source, hint)):
                 spans_by_doc[region.number].extend(_verify(normalised.text, source, region.start, stretch))
+        if memo is not None:
+            for number in ranked:
+                if spans_by_doc.get(number):
+                    memo.quiet.pop(number, None)
+                else:
+                    memo.quiet[number] = {d for _, d in hits[number]}
         return normalised, _resolve(normalised, spans_by_doc, metas)
 
     async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> list[tuple[int, int, int]]:
@@ -136,16 +142,29 @@ class Detector:
         if memo is None:
             return [(p.run, p.number, p.offset) for p in await self._reader.lookup(keys)]
         key_list = keys.tolist()
-        unknown = [i for i, key in enumerate(key_list) if key not in memo]
+        known = memo.postings
+        unknown = [i for i, key in enumerate(key_list) if key not in known]
         if unknown:
             found: dict[int, list[tuple[int, int]]] = {key_list[i]: [] for i in unknown}
             for posting in await self._reader.lookup(keys[unknown]):
                 found[key_list[unknown[posting.run]]].append((posting.number, posting.offset))
-            memo.update(found)
-        return [(i, number, offset) for i, key in enumerate(key_list) for number, offset in memo[key]]
+            known.update(found)
+        return [(i, number, offset) for i, key in enumerate(key_list) for number, offset in known[key]]
 
 
-LookupMemo = dict[int, list[tuple[int, int]]]  # band key -> its postings (number, offset)
+@dataclass
+class LookupMemo:
+    """What earlier checks of one growing text (a stream) learned, so later ones skip it."""
+
+    postings: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # band key -> postings
+    quiet: dict[int, set[int]] = field(default_factory=dict)  # document -> hit offsets verified in vain
+
+
+def _heard(memo: LookupMemo | None, number: int, doc_hits: list[tuple[int, int]]) -> bool:
+    """Were all these hits verified before, in vain? (Then a stream need not verify them again.)"""
+    if memo is None or number not in memo.quiet:
+        return False
+    return all(d in memo.quiet[number] for _, d in doc_hits)
 
 
 def _convincing(doc_hits: list[tuple[int, int]]) -> bool:

@@ -78,8 +78,10 @@ class Settings:
     """Add a `textguard` field with the verdict and matches to guarded JSON answers."""
 
     # How a stream is guarded.
-    stream_holdback_chars: int = 24
-    """Normalised characters a stream keeps unreleased beyond what a check has cleared."""
+    stream_holdback_chars: int = 12
+    """Normalised characters a stream keeps unreleased beyond what a check has cleared. A copy
+    is released only until the index sees it; verbatim copies are seen by 51 characters
+    (benchmarks/quality.py), so Q + this margin covers them with room for edited ones."""
     stream_check_chars: int = 16
     """A stream is checked again once this many new normalised characters arrived."""
 

@@ -48,7 +48,7 @@ class GuardedStream:
         self.text = ""  # everything received
         self._released = 0  # text[:_released] has been sent (or replaced by a notice)
         self._unchecked_chars = 0  # normalised characters received since the last check
-        self._memo: LookupMemo = {}  # band lookups already made for this answer
+        self._memo = LookupMemo()  # lookups and verifications already made for this answer
         self._suppressing: str | None = None  # doc id of a flagged copy still running at the end
         self._flagged_chars = 0
         self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
