@@ -362,7 +362,9 @@ class _Responder:
 
     async def _block(self, chunk: dict[str, Any], index: int) -> None:
         """End the stream as clients expect: an empty delta with finish_reason content_filter,
-        the usage chunk if one was asked for, then [DONE]; and stop the app."""
+        the usage chunk if one was asked for, then [DONE]; and stop the app. (The app's usage is
+        never reached once it is stopped: the usage chunk carries zeros, so that clients waiting
+        for one finish normally.)"""
         delta_key = "delta" if any(isinstance(c, dict) and "delta" in c for c in chunk["choices"]) else None
         choice: dict[str, Any] = {"index": index, "finish_reason": "content_filter"}
         if delta_key:
