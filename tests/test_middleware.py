@@ -274,3 +274,31 @@ def test_tool_call_and_role_deltas_pass_through(indexed: Settings) -> None:
         raw = httpx2.post(url + "/v1/chat/completions", json={"stream": True})
     sent = [json.loads(line[6:]) for line in raw.content.split(b"\n") if line.startswith(b"data: {")]
     assert sent == events
+
+
+def test_compressed_stream_is_decoded_and_guarded(indexed: Settings, record: dict) -> None:
+    import gzip
+
+    copied = record["text"][1000:1100]
+    text = BEFORE + copied + AFTER
+    events = [{"id": "g", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": text[i:i + 3]}, "finish_reason": None}]}
+              for i in range(0, len(text), 3)]
+    events.append({"id": "g", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    plain = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
+    body = gzip.compress(plain + b"data: [DONE]\n\n")
+
+    class GzipStream(_RawStream):
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")]})
+            for i in range(0, len(self.body), self.piece):
+                await send({"type": "http.response.body", "body": self.body[i:i + self.piece], "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    with serve(TextGuardMiddleware(GzipStream(body, piece=50), settings=indexed)) as url:
+        streamed, reasons, _ = collect(ask(url, "x", stream=True))
+    assert f"出自《{record['work']}》" in streamed and streamed.endswith(AFTER) and reasons == ["stop"]
+    assert longest_shared_run(streamed, copied) <= 50

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import gzip
 import json
 import logging
 import zlib
@@ -78,6 +77,7 @@ class _Responder:
         self.stopped = asyncio.Event()
         self.request_body = bytearray()
         self.parser = EventParser()
+        self.decode: Callable[[bytes], bytes] = bytes
         self.streams: dict[int, GuardedStream] = {}
         self.streams_by_part: dict[tuple[Any, Any, Any], GuardedStream] = {}
         self.released_by_part: dict[tuple[Any, Any, Any], str] = {}
@@ -119,7 +119,18 @@ class _Responder:
             if self.mode == "pass":
                 await self.send(message)
             elif self.mode == "stream":
-                await self.send(_with_headers(message, {b"x-textguard": b"guarded"}, drop=(b"content-length",)))
+                try:
+                    self.decode = _decoder(_encoding(message))
+                except ValueError as exc:  # a stream we cannot read: the fail mode decides
+                    logger.warning("cannot decode a streamed answer: %s", exc)
+                    self.guard.skipped["encoding"] += 1
+                    if self.settings.fail_mode == "open":
+                        self.mode = "pass"
+                        await self.send(_with_headers(message, {SKIPPED_HEADER: b"encoding"}))
+                        return
+                    self.decode = _refuse
+                await self.send(_with_headers(message, {b"x-textguard": b"guarded"},
+                                              drop=(b"content-length", b"content-encoding")))
             return
         if message["type"] != "http.response.body":
             await self.send(message)
@@ -154,9 +165,9 @@ class _Responder:
     async def _send_checked(self) -> None:
         assert self.start is not None
         headers = {k.lower(): v for k, v in self.start.get("headers", [])}
-        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").lower().strip()
+        encoding = _encoding(self.start)
         try:
-            body = _decode(bytes(self.body), encoding)
+            body = _decoder(encoding)(bytes(self.body))
         except (OSError, ValueError, zlib.error) as exc:
             logger.warning("cannot decode a %s answer: %s", encoding, exc)
             self.guard.skipped["encoding"] += 1
@@ -212,7 +223,13 @@ class _Responder:
     # -- streams --------------------------------------------------------------------------
 
     async def _stream(self, chunk: bytes, more: bool) -> None:
-        events = self.parser.feed(chunk)
+        try:
+            events = self.parser.feed(self.decode(chunk))
+        except (OSError, ValueError, zlib.error) as exc:
+            logger.warning("cannot decode a streamed answer, failing closed: %s", exc)
+            self.guard.skipped["encoding"] += 1
+            await self._block({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}, 0)
+            return
         if not more:
             events += self.parser.close()
         for event in events:
@@ -442,18 +459,31 @@ def _summary(verdicts: list[Verdict]) -> dict[str, Any]:
     return {"verdict": worst, "matches": [m.to_dict() for v in verdicts for m in v.matches]}
 
 
-def _decode(body: bytes, encoding: str) -> bytes:
+def _decoder(encoding: str) -> Callable[[bytes], bytes]:
+    """An incremental decoder for a Content-Encoding (whole bodies and streams alike)."""
     if encoding in ("identity", ""):
-        return body
+        return bytes
     if encoding in ("gzip", "x-gzip"):
-        return gzip.decompress(body)
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress
     if encoding == "deflate":
-        return zlib.decompress(body)
+        return zlib.decompressobj().decompress
     if encoding == "br":
-        import brotli  # optional: only needed when an app compresses with Brotli
-
-        return bytes(brotli.decompress(body))
+        try:
+            import brotli  # optional: only needed when an app compresses with Brotli
+        except ImportError as exc:
+            raise ValueError("content-encoding br needs the brotli package") from exc
+        decompressor = brotli.Decompressor()
+        return lambda chunk: bytes(decompressor.process(chunk))
     raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+def _encoding(start: Message) -> str:
+    headers: dict[bytes, bytes] = {k.lower(): v for k, v in start.get("headers", [])}
+    return headers.get(b"content-encoding", b"identity").decode("latin-1").lower().strip()
+
+
+def _refuse(_: bytes) -> bytes:
+    raise ValueError("the stream's content-encoding cannot be decoded")
 
 
 def _with_headers(start: Message, extra: dict[bytes, bytes], drop: tuple[bytes, ...] = ()) -> Message:
