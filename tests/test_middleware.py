@@ -145,29 +145,33 @@ def test_redis_down_fails_as_configured(settings: Settings, recorder: Recorder, 
 
 
 class _RawStream:
-    """An app that sends a prepared SSE body in odd-sized pieces, with CRLF line ends."""
+    """An app that sends a prepared SSE body in odd-sized pieces."""
 
-    def __init__(self, body: bytes, piece: int) -> None:
-        self.body, self.piece = body, piece
+    def __init__(self, body: bytes, piece: int, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.body, self.piece, self.headers = body, piece, headers
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         await receive()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+                    "headers": [(b"content-type", b"text/event-stream"), *self.headers]})
         for i in range(0, len(self.body), self.piece):
             await send({"type": "http.response.body", "body": self.body[i:i + self.piece], "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def chat_chunks(chunk_id: str, text: str, step: int) -> list[dict]:
+    """The chunks of a streamed chat answer: `step` characters each, then the finish chunk."""
+    base = {"id": chunk_id, "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [{**base, "choices": [{"index": 0, "delta": {"content": text[i:i + step]}, "finish_reason": None}]}
+              for i in range(0, len(text), step)]
+    return [*events, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+
+
 def test_split_events_crlf_and_cut_characters(indexed: Settings, negative_records: list[dict]) -> None:
     text = negative_records[7]["text"][:300]
-    events = [{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
-               "choices": [{"index": 0, "delta": {"content": text[i:i + 4]}, "finish_reason": None}]}
-              for i in range(0, len(text), 4)]
-    events.append({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events = chat_chunks("x", text, 4)
     body = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\r\n\r\n" for e in events)
     body += b": ping\r\n\r\ndata: [DONE]\r\n\r\n"
     with serve(TextGuardMiddleware(_RawStream(body, piece=7), settings=indexed)) as url:
@@ -281,24 +285,12 @@ def test_compressed_stream_is_decoded_and_guarded(indexed: Settings, record: dic
 
     copied = record["text"][1000:1100]
     text = BEFORE + copied + AFTER
-    events = [{"id": "g", "object": "chat.completion.chunk", "created": 1, "model": "m",
-               "choices": [{"index": 0, "delta": {"content": text[i:i + 3]}, "finish_reason": None}]}
-              for i in range(0, len(text), 3)]
-    events.append({"id": "g", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events = chat_chunks("g", text, 3)
     plain = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
     body = gzip.compress(plain + b"data: [DONE]\n\n")
 
-    class GzipStream(_RawStream):
-        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-            await receive()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")]})
-            for i in range(0, len(self.body), self.piece):
-                await send({"type": "http.response.body", "body": self.body[i:i + self.piece], "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    with serve(TextGuardMiddleware(GzipStream(body, piece=50), settings=indexed)) as url:
+    app = _RawStream(body, piece=50, headers=((b"content-encoding", b"gzip"),))
+    with serve(TextGuardMiddleware(app, settings=indexed)) as url:
         streamed, reasons, _ = collect(ask(url, "x", stream=True))
     assert f"出自《{record['work']}》" in streamed and streamed.endswith(AFTER) and reasons == ["stop"]
     assert longest_shared_run(streamed, copied) <= 50

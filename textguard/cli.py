@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from textguard.corpus import Corpus, read_documents
+from textguard.corpus import Corpus, check_files, documents_in
 from textguard.errors import TextGuardError
 from textguard.guard import Guard
 from textguard.policy import Verdict
@@ -74,11 +74,10 @@ def _corpus(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.action == "add":
         # read every file through once first: bad input must fail before anything is indexed
-        total = sum(len(doc.text) for path in args.paths for doc in read_documents(path))
+        total = check_files(args.paths)
         with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
                                                disable=args.quiet, file=sys.stderr) as bar:
-            report = corpus.add((doc for path in args.paths for doc in read_documents(path)),
-                                progress=bar.update)
+            report = corpus.add(documents_in(args.paths), progress=bar.update)
         print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
               f"({report.characters:,} characters)")
         return 0

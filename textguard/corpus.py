@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,15 @@ def read_documents(path: Path) -> Iterator[Document]:
         raise CorpusInputError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise CorpusInputError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def documents_in(paths: Sequence[Path]) -> Iterator[Document]:
+    return (doc for path in paths for doc in read_documents(path))
+
+
+def check_files(paths: Sequence[Path]) -> int:
+    """Read corpus files through once, raising on the first bad input; returns their characters."""
+    return sum(len(doc.text) for doc in documents_in(paths))
 
 
 def _document_from_line(path: Path, number: int, raw: bytes) -> Document:
@@ -204,13 +213,10 @@ class Corpus:
         if progress is not None:
             progress(chars)
 
-    def add_files(self, paths: Iterable[Path], progress: Callable[[int], object] | None = None) -> AddReport:
+    def add_files(self, paths: Sequence[Path], progress: Callable[[int], object] | None = None) -> AddReport:
         """Index corpus files after checking every line of them, so bad input indexes nothing."""
-        paths = list(paths)
-        for path in paths:
-            for _ in read_documents(path):
-                pass
-        return self.add((doc for path in paths for doc in read_documents(path)), progress)
+        check_files(paths)
+        return self.add(documents_in(paths), progress)
 
     def remove(self, doc_ids: Iterable[str]) -> list[str]:
         """Take documents down; returns the ids that were not in the index."""

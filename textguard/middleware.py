@@ -120,7 +120,7 @@ class _Responder:
                 await self.send(message)
             elif self.mode == "stream":
                 try:
-                    self.decode = _decoder(_encoding(message))
+                    self.decode = _decoder(_header(message, b"content-encoding", "identity"))
                 except ValueError as exc:  # a stream we cannot read: the fail mode decides
                     logger.warning("cannot decode a streamed answer: %s", exc)
                     self.guard.skipped["encoding"] += 1
@@ -152,8 +152,7 @@ class _Responder:
     def _mode(self, start: Message) -> str:
         if not 200 <= start["status"] < 300:
             return "pass"
-        headers = {k.lower(): v for k, v in start.get("headers", [])}
-        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        content_type = _header(start, b"content-type")
         if content_type.startswith("text/event-stream"):
             return "stream"
         if content_type.startswith(("application/json", *_TEXT_TYPES)):
@@ -164,8 +163,7 @@ class _Responder:
 
     async def _send_checked(self) -> None:
         assert self.start is not None
-        headers = {k.lower(): v for k, v in self.start.get("headers", [])}
-        encoding = _encoding(self.start)
+        encoding = _header(self.start, b"content-encoding", "identity")
         try:
             body = _decoder(encoding)(bytes(self.body))
         except (OSError, ValueError, zlib.error) as exc:
@@ -173,8 +171,7 @@ class _Responder:
             self.guard.skipped["encoding"] += 1
             await self._finish_unchecked("encoding")
             return
-        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-        if content_type.startswith(_TEXT_TYPES):
+        if _header(self.start, b"content-type").startswith(_TEXT_TYPES):
             text = body.decode("utf-8", "replace")
             verdict = await self.guard.check(text, budget_ms=self.settings.check_timeout_ms)
             await self._respond(verdict.text.encode(), [verdict])
@@ -477,9 +474,12 @@ def _decoder(encoding: str) -> Callable[[bytes], bytes]:
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 
-def _encoding(start: Message) -> str:
-    headers: dict[bytes, bytes] = {k.lower(): v for k, v in start.get("headers", [])}
-    return headers.get(b"content-encoding", b"identity").decode("latin-1").lower().strip()
+def _header(start: Message, name: bytes, default: str = "") -> str:
+    """A response header's value, lower-cased (`name` in lower case)."""
+    for key, value in start.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1").lower().strip())
+    return default
 
 
 def _refuse(_: bytes) -> bytes:
