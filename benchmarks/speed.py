@@ -495,7 +495,7 @@ def print_header(settings: Settings, params: SketchParams, redis_version: str) -
           f"datasketch {version('datasketch')}, jieba {version('jieba')}, redis-py {version('redis')}")
     print(f"sketch: num_perm={params.num_perm}, bands={params.bands} x rows={params.rows}, "
           f"window={params.window} shingles of {params.shingle} tokens, threshold={params.threshold}, "
-          f"bucket_bits={settings.bucket_bits}")
+          f"bucket_bits={settings.bucket_bits or 'auto'}")
 
 
 def print_ingest(result: IngestResult, fraction: float) -> None:

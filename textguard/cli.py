@@ -24,8 +24,8 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textguard",
                                      description="Guard LLM answers against copying a protected corpus.")
-    parser.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (env TEXTGUARD_REDIS_URL); "
-                                            "default: the embedded Redis under --home")
+    parser.add_argument("--redis-url", help="redis://, rediss://, unix:// or redis+cluster://host:port[,host:port...] "
+                                            "URL (env TEXTGUARD_REDIS_URL); default: the embedded Redis under --home")
     parser.add_argument("--home", help="data directory of the embedded Redis (env TEXTGUARD_HOME)")
     parser.add_argument("--index", help="index name inside Redis (env TEXTGUARD_INDEX; default 'default')")
     parser.add_argument("--config", help="TOML settings file (env TEXTGUARD_CONFIG; default ./textguard.toml)")
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     add = corpus.add_parser("add", help="index .txt (one work per file) or .jsonl files")
     add.add_argument("paths", nargs="+", type=Path)
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add.add_argument("--workers", type=_positive, default=1,
+                     help="processes that segment, sketch and write (default 1)")
     remove = corpus.add_parser("remove", help="take documents down (nothing of them stays in Redis)")
     remove.add_argument("ids", nargs="+")
     listing = corpus.add_parser("list", help="list indexed documents")
@@ -48,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default="-")
     check.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -77,7 +86,8 @@ def _corpus(args: argparse.Namespace) -> int:
         total = check_files(args.paths)
         with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
                                                disable=args.quiet, file=sys.stderr) as bar:
-            report = corpus.add(documents_in(args.paths), progress=bar.update)
+            report = corpus.add(documents_in(args.paths), progress=bar.update, workers=args.workers,
+                                expected_chars=total)
         print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
               f"({report.characters:,} characters)")
         return 0

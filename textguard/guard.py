@@ -10,10 +10,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
-import redis.asyncio as aredis
-from redis.exceptions import RedisError
-
-from textguard._redis import connect_async
+from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.pipeline import Pipeline
@@ -34,7 +31,7 @@ class Guard:
     running loop.
     """
 
-    def __init__(self, settings: Settings | None = None, *, client: aredis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, client: AsyncClient | None = None) -> None:
         self.settings = settings or Settings.load()
         self.pipeline = Pipeline(self.settings)
         self.policy = Policy(self.settings)
@@ -70,7 +67,7 @@ class Guard:
                 normalised, matches = await detector.find(text, memo)
         except IndexMismatchError:
             raise
-        except (TimeoutError, RedisError, OSError, StoreUnavailableError) as exc:
+        except (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "redis"
             return self._skip(text, reason, exc, started, fail_mode or self.settings.fail_mode)
         elapsed = (time.perf_counter() - started) * 1000
