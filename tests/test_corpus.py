@@ -111,10 +111,11 @@ def test_interrupted_write_is_invisible_then_purged(settings: Settings, raw_redi
     corpus._prepare()
     writer, pipeline = corpus._writer, corpus._pipeline
     writer.lease_seconds = 0  # this writer "dies" right after writing: its lease is over at once
-    (number,) = writer.begin([record["id"]])
+    doc = to_document(record)
+    (number,) = writer.begin([(doc.doc_id, doc.meta()["sha256"])])
+    assert number is not None
     norm = normalise(record["text"])
     runs, anchors = pipeline.sketch(norm)
-    doc = to_document(record)
     writer.write([StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])], 6)
     assert _postings_of(raw_redis, settings, number) > 0
     guard = Guard(settings)

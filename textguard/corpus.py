@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import queue
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -185,15 +186,17 @@ class Corpus:
         totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
         batch: list[Document] = []
         batch_chars = 0
+        deferred: list[Document] = []
         try:
             for doc in documents:
                 batch.append(doc)
                 batch_chars += len(doc.text)
                 if batch_chars >= _BATCH_CHARS:
-                    self._add_batch(batch, totals, progress)
+                    deferred += self._add_batch(batch, totals, progress)
                     batch, batch_chars = [], 0
             if batch:
-                self._add_batch(batch, totals, progress)
+                deferred += self._add_batch(batch, totals, progress)
+            self._wait_for_others(deferred, totals)
         except REDIS_ERRORS as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
         return AddReport(**totals)
@@ -212,7 +215,28 @@ class Corpus:
                 "small_hash_limit": small_hash_limit(self._client)}
 
     def _add_batch(self, batch: list[Document], totals: dict[str, int],
-                   progress: Callable[[int], object] | None) -> None:
+                   progress: Callable[[int], object] | None) -> list[Document]:
+        """Index a batch, counting its characters; returns the documents left to another writer
+        that is writing the same version at this moment (see `_wait_for_others`)."""
+        deferred = self._index(batch, totals)
+        chars = sum(len(d.text) for d in batch)
+        totals["characters"] += chars
+        if progress is not None:
+            progress(chars)
+        return deferred
+
+    def _wait_for_others(self, deferred: list[Document], totals: dict[str, int]) -> None:
+        """Settle the documents other writers were writing: unchanged once their commit lands,
+        written here if their lease runs out first."""
+        deadline = time.monotonic() + self._writer.lease_seconds + 10
+        while deferred:
+            deferred = self._index(deferred, totals)
+            if deferred:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailableError(f"{len(deferred)} document(s) stayed leased to another writer")
+                time.sleep(0.05)  # polls Redis until the other writer commits or its lease ends
+
+    def _index(self, batch: list[Document], totals: dict[str, int]) -> list[Document]:
         latest: dict[str, Document] = {}
         for doc in batch:  # a later line with the same id wins, as a re-add would
             latest.pop(doc.doc_id, None)
@@ -225,14 +249,17 @@ class Corpus:
                 totals["unchanged"] += 1
             else:
                 fresh.append(doc)
-        if fresh:
-            numbers = self._writer.begin([d.doc_id for d in fresh])
-            staged = []
-            for doc, number in zip(fresh, numbers, strict=True):
+        if not fresh:
+            return []
+        numbers = self._writer.begin([(d.doc_id, metas[d.doc_id]["sha256"]) for d in fresh])
+        staged = []
+        for doc, number in zip(fresh, numbers, strict=True):
+            if number is not None:
                 normalised = normalise(doc.text)
                 runs, anchors = self._pipeline.sketch(normalised)
                 staged.append(StagedDocument(doc.doc_id, number, metas[doc.doc_id], doc.text, runs.keys,
                                              normalised.offsets[anchors]))
+        if staged:
             self._writer.write(staged, self.settings.max_postings)
             for old in self._writer.commit(staged):
                 if old is None:
@@ -240,10 +267,7 @@ class Corpus:
                 else:
                     totals["replaced"] += 1
             self.recover()  # purges the versions just replaced
-        chars = sum(len(d.text) for d in batch)
-        totals["characters"] += chars
-        if progress is not None:
-            progress(chars)
+        return [doc for doc, number in zip(fresh, numbers, strict=True) if number is None]
 
     def add_files(self, paths: Sequence[Path], progress: Callable[[int], object] | None = None, *,
                   workers: int = 1) -> AddReport:
@@ -373,11 +397,13 @@ def _ingest_worker(settings: Settings, inbox: Any, outbox: Any) -> None:
         with Corpus(settings) as corpus:
             corpus._prepare()
             totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
-            while (batch := inbox.get()) is not None:
-                try:
-                    corpus._add_batch(batch, totals, outbox.put)
-                except REDIS_ERRORS as exc:
-                    raise StoreUnavailableError(f"Redis error: {exc}") from exc
+            deferred: list[Document] = []
+            try:
+                while (batch := inbox.get()) is not None:
+                    deferred += corpus._add_batch(batch, totals, outbox.put)
+                corpus._wait_for_others(deferred, totals)
+            except REDIS_ERRORS as exc:
+                raise StoreUnavailableError(f"Redis error: {exc}") from exc
         outbox.put(totals)
     except TextGuardError as exc:
         outbox.put(exc)

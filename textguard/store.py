@@ -6,6 +6,7 @@ Keys, all under `textguard:v1:<index>` (the format version is part of the name):
     {…}:docs          hash  document id -> internal number (committed documents)
     {…}:live          hash  internal number -> document id (what lookups may return)
     {…}:pending       hash  internal number -> JSON (writes in flight, or to be purged)
+    {…}:writing       hash  document id -> JSON (the version of it being written, by whom)
     {…}:stats, :seq   counters
     …:{sN}:b<B>       hash  band key (5 bytes) -> postings (8 bytes each: number, offset)
     …:d:<number>      hash  "meta" -> JSON, "t<i>" -> zlib(GB18030) of 4,096-character chunks
@@ -21,7 +22,10 @@ for and that limit (`choose_bucket_bits`). Nothing is pickled: postings are fixe
 A document becomes visible only when its commit script puts it in `live`; until then its text
 and postings are invisible. A writer leases the numbers it writes under; one that dies leaves
 `pending` records whose lease runs out, and a later writer claims each (atomically, so one
-purges it) and deletes what it wrote. A writer whose lease was claimed cannot commit.
+purges it) and deletes what it wrote. A writer whose lease was claimed cannot commit. Writers
+that overlap do not write the same version of a document twice (`writing`): besides the work,
+the second copy's postings would take places under the posting cap that the first one's purge
+then frees, losing entries of other documents.
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ end
 return out
 """.replace("%(shards)d", str(SHARDS))
 
-# KEYS: docs, live, pending, stats. ARGV: id, number, chars, entries, writer. Makes `number` the
+# KEYS: docs, live, pending, stats, writing. ARGV: id, number, chars, entries, writer. Makes `number` the
 # live version of `id`; the version it replaces is queued in pending for purging. Returns it or
 # nil; -1 if this writer no longer holds the lease on `number` (another writer is purging it).
 _COMMIT = """
@@ -134,6 +138,8 @@ local lease = redis.call('HGET', pending, number)
 if not lease then return -1 end
 local record = cjson.decode(lease)
 if record.writer ~= ARGV[5] or record.purging then return -1 end
+local writing = redis.call('HGET', KEYS[5], id)
+if writing and cjson.decode(writing).number == number then redis.call('HDEL', KEYS[5], id) end
 local old = redis.call('HGET', docs, id)
 redis.call('HSET', docs, id, number)
 redis.call('HSET', live, number, id)
@@ -158,8 +164,8 @@ redis.call('HSET', KEYS[3], number, cjson.encode({id = ARGV[1], lease = 0, commi
 return number
 """
 
-# KEYS: pending. ARGV: number, now, new lease, writer. Takes over a pending record whose lease is
-# over, so that exactly one writer purges it (and its first writer can no longer commit).
+# KEYS: pending, writing. ARGV: number, now, new lease, writer. Takes over a pending record whose
+# lease is over, so that exactly one writer purges it (and its first writer can no longer commit).
 _CLAIM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return false end
@@ -169,7 +175,35 @@ record.lease = tonumber(ARGV[3])
 record.writer = ARGV[4]
 record.purging = true
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+local writing = redis.call('HGET', KEYS[2], record.id)
+if writing and cjson.decode(writing).number == ARGV[1] then redis.call('HDEL', KEYS[2], record.id) end
 return raw
+"""
+
+# KEYS: pending, writing. ARGV: now, lease, writer, then (id, number, digest) per document. Leases
+# `number` to this writer for a new version of `id`, unless another writer holds a live lease on
+# the same version (same digest): then it is left to that one. Returns 1 (leased) or 0 per document.
+_BEGIN = """
+local pending, writing = KEYS[1], KEYS[2]
+local now, lease, writer = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  local id, number, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local current = redis.call('HGET', writing, id)
+  local taken = false
+  if current then
+    local other = cjson.decode(current)
+    taken = other.digest == digest and other.writer ~= writer and tonumber(other.lease) > now
+  end
+  if taken then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', writing, id, cjson.encode({number = number, digest = digest, lease = lease, writer = writer}))
+    redis.call('HSET', pending, number, cjson.encode({id = id, lease = lease, writer = writer}))
+    out[#out + 1] = 1
+  end
+end
+return out
 """
 
 
@@ -219,6 +253,7 @@ class Layout:
         self.docs = f"{control}:docs"
         self.live = f"{control}:live"
         self.pending = f"{control}:pending"
+        self.writing = f"{control}:writing"
         self.stats = f"{control}:stats"
         self.seq = f"{control}:seq"
         self.params = params
@@ -433,6 +468,7 @@ class IndexWriter:
         self._commit = client.register_script(_COMMIT)
         self._withdraw = client.register_script(_WITHDRAW)
         self._claim = client.register_script(_CLAIM)
+        self._begin = client.register_script(_BEGIN)
 
     def ensure_meta(self, expected_chars: int = 0) -> None:
         """Create the index record, or refuse an index built with other parameters.
@@ -460,15 +496,17 @@ class IndexWriter:
         metas = self.metas([n for _, n in present])
         return {doc_id: meta["sha256"] for (doc_id, _), meta in zip(present, metas, strict=True) if meta}
 
-    def begin(self, doc_ids: Sequence[str]) -> list[int]:
-        """Reserve numbers for new versions of `doc_ids`, leased to this writer."""
-        last = int(self._client.incrby(self._layout.seq, len(doc_ids)))
-        numbers = list(range(last - len(doc_ids) + 1, last + 1))
-        lease = time.time() + self.lease_seconds
-        self._client.hset(self._layout.pending, mapping={
-            str(n): json.dumps({"id": doc_id, "lease": lease, "writer": self.token})
-            for n, doc_id in zip(numbers, doc_ids, strict=True)})
-        return numbers
+    def begin(self, versions: Sequence[tuple[str, str]]) -> list[int | None]:
+        """Reserve numbers for new versions (id, content digest), leased to this writer; None for
+        a version another writer is writing now (wait for its commit, or its lease to run out)."""
+        last = int(self._client.incrby(self._layout.seq, len(versions)))
+        numbers = list(range(last - len(versions) + 1, last + 1))
+        now = time.time()
+        leased = self._begin(keys=[self._layout.pending, self._layout.writing],
+                             args=[now, now + self.lease_seconds, self.token,
+                                   *(v for (doc_id, digest), n in zip(versions, numbers, strict=True)
+                                     for v in (doc_id, n, digest))])
+        return [n if ok else None for n, ok in zip(numbers, leased, strict=True)]
 
     def write(self, documents: Sequence[StagedDocument], max_postings: int) -> None:
         """Store the text and postings of uncommitted documents."""
@@ -494,7 +532,7 @@ class IndexWriter:
         Raises StoreUnavailableError, committing none of them, if this writer's lease on any was
         taken over (it outlived `lease_seconds` and another writer is purging what it wrote).
         """
-        keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats]
+        keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats, self._layout.writing]
         replies = self._pipelined(self._commit, [
             (keys, [doc.doc_id, doc.number, len(doc.text), distinct(doc.band_keys), self.token])
             for doc in documents])
@@ -567,7 +605,7 @@ class IndexWriter:
         for number, raw in self._client.hgetall(self._layout.pending).items():
             if json.loads(raw)["lease"] > now:
                 continue
-            claimed = self._claim(keys=[self._layout.pending],
+            claimed = self._claim(keys=[self._layout.pending, self._layout.writing],
                                   args=[number, now, time.time() + self.lease_seconds, self.token])
             if claimed:
                 yield int(number), bool(json.loads(claimed).get("committed"))
