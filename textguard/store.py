@@ -354,16 +354,21 @@ class NodePipelines:
     The topology is the cluster client's. A MOVED reply refreshes it and the batch is sent once
     more; a NOSCRIPT reply (a restarted node) loads the script and likewise; any other error
     (a node down, a slot migrating) raises, and the check is skipped, never answered from part
-    of the index.
+    of the index. A node that could not be reached has the topology read again before the next
+    batch (a replica may have taken its place).
     """
 
     def __init__(self, client: acluster.RedisCluster) -> None:
         self._client = client
         self._pools: dict[str, aredis.ConnectionPool] = {}
+        self._stale = False
 
     async def run(self, calls: Sequence[tuple[int, bytes]], script: AsyncScript | None = None) -> list[Any]:
         """Replies to `calls` (slot, packed command), in order."""
         await self._client.initialize()
+        if self._stale:
+            await self._client.nodes_manager.initialize()
+            self._stale = False
         for attempt in range(2):
             replies = await self._send(calls)
             errors = [r for r in replies if isinstance(r, ResponseError)]
@@ -397,6 +402,7 @@ class NodePipelines:
                     except ResponseError as exc:  # the reply was read whole: the connection stays in step
                         replies[i] = exc
             except (ConnectionError, TimeoutError, OSError, asyncio.CancelledError):
+                self._stale = True
                 await connection.disconnect()
                 raise
             finally:
