@@ -17,11 +17,23 @@ from starlette.routing import Route
 
 
 class Recorder:
-    """What the fake model saw happen, for tests to assert on."""
+    """What the fake model saw happen, for tests to assert on (and a gate for slow answers)."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.completed = 0
+        self.requests: list[tuple[dict[str, str], bytes]] = []  # headers and raw body of each request
+        self.release = threading.Event()  # answers asked to be slow wait for this (or 10 s)
+
+    def reset(self) -> None:
+        self.cancelled.clear()
+        self.release.clear()
+        self.completed = 0
+        self.requests.clear()
+
+
+SLOW = "[[slow]]"  # an answer starting with this waits for Recorder.release before it begins
+BREAK = "[[break]]"  # a streamed answer starting with this breaks off after a few chunks
 
 
 def _answer(body: dict[str, Any]) -> str:
@@ -32,8 +44,12 @@ def _answer(body: dict[str, Any]) -> str:
 
 def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> Starlette:
     async def chat(request: Request) -> Response:
-        body = await request.json()
+        raw = await request.body()
+        recorder.requests.append((dict(request.headers), raw))
+        body = json.loads(raw)
         text = _answer(body)
+        if text.startswith(SLOW):
+            await asyncio.to_thread(recorder.release.wait, 10)
         chat_api = request.url.path.endswith("/chat/completions")
         base = {"id": "cmpl-test", "created": int(time.time()), "model": body.get("model", "fake")}
         if not body.get("stream"):
@@ -54,6 +70,8 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
                     yield f"data: {json.dumps({**base, 'object': kind, 'choices': [first]})}\n\n"
                 yield ": keep-alive\n\n"
                 for i in range(0, len(text), chunk_chars):
+                    if text.startswith(BREAK) and i >= 10 * chunk_chars:
+                        raise RuntimeError("the fake model breaks off its answer")
                     piece = text[i:i + chunk_chars]
                     choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                     if chat_api:
@@ -128,7 +146,13 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
     async def other(request: Request) -> Response:
         return PlainTextResponse("no guard here: " + request.query_params.get("text", ""))
 
+    async def cookie(request: Request) -> Response:
+        """Sets a cookie, and says which cookies it was sent."""
+        response = JSONResponse({"cookies": dict(request.cookies)})
+        response.set_cookie("session", "secret-of-one-caller")
+        return response
+
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/completions", chat, methods=["POST"]),
                              Route("/v1/responses", responses, methods=["POST"]),
-                             Route("/v1/other", other)])
+                             Route("/v1/other", other), Route("/v1/cookie", cookie)])

@@ -1,4 +1,5 @@
-"""The `textguard` command: corpus maintenance and checks (see README for the contract)."""
+"""The `textguard` command: corpus maintenance, checks, the proxy and check API, the demo
+(see README for the contract)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from textguard.corpus import Corpus, check_files, documents_in
-from textguard.errors import TextGuardError
+from textguard.errors import ConfigError, TextGuardError
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
@@ -47,11 +48,27 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check one text (a file, or - for standard input)")
     check.add_argument("file", nargs="?", default="-")
     check.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+
+    proxy = commands.add_parser("proxy", help="guarded reverse proxy in front of an OpenAI-compatible server, "
+                                              "with the check API")
+    upstream = proxy.add_mutually_exclusive_group()
+    upstream.add_argument("--upstream", help="base URL of the upstream server, e.g. http://127.0.0.1:8001 "
+                                             "(env TEXTGUARD_UPSTREAM_URL)")
+    upstream.add_argument("--no-upstream", action="store_true", help="serve the check API alone")
+    serve = commands.add_parser("serve", help="serve the check API alone (as proxy --no-upstream)")
+    demo = commands.add_parser("demo", help="the one-command tour: sample works, a demo model and the guarded "
+                                            "proxy in front of it, on the embedded defaults")
+    for served in (proxy, serve, demo):
+        served.add_argument("--host", help="address to listen on (env TEXTGUARD_HOST; default 127.0.0.1)")
+        served.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
+                                                     "(env TEXTGUARD_PORT; default 8000)")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(config_file=args.config, redis_url=args.redis_url, home=args.home, index=args.index)
+    served = {name: getattr(args, name, None) for name in ("host", "port")}
+    return Settings.load(config_file=args.config, redis_url=args.redis_url, home=args.home, index=args.index,
+                         **served)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "corpus":
             return _corpus(args)
+        if args.command in ("proxy", "serve"):
+            return _serve(args)
+        if args.command == "demo":
+            from textguard.demo import run_demo  # the demo's model and samples load only here
+
+            run_demo(_settings(args))
+            return 0
         return _check(args)
     except TextGuardError as exc:
         print(f"textguard: error: {exc}", file=sys.stderr)
@@ -134,6 +158,27 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from textguard.server import serve  # the serving stack loads only for these commands
+
+    settings = _settings(args)
+    if args.command == "serve" or args.no_upstream:
+        settings = settings.replace(upstream_url=None)
+    elif args.upstream:
+        settings = settings.replace(upstream_url=args.upstream)
+    elif not settings.upstream_url:
+        raise ConfigError("proxy needs --upstream URL (or TEXTGUARD_UPSTREAM_URL), or --no-upstream")
+    if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--upstream must be an http:// or https:// URL, got {settings.upstream_url!r}")
+
+    def announce(url: str) -> None:
+        guarding = f", guarding {settings.upstream_url}" if settings.upstream_url else " (check API only)"
+        print(f"textguard listening on {url}{guarding}; check API at {url}/v1/textguard/check", flush=True)
+
+    serve(settings, on_ready=announce)
+    return 0
+
+
 def _print_verdict(text: str, verdict: Verdict, colour: bool) -> None:
     mark = ("\x1b[1;31m", "\x1b[0m") if colour else ("【", "】")
     print(f"verdict: {verdict.verdict}  ({verdict.checked_chars} chars checked in {verdict.elapsed_ms:.1f} ms)")
@@ -146,8 +191,6 @@ def _print_verdict(text: str, verdict: Verdict, colour: bool) -> None:
             print(f"  …{before}{mark[0]}{text[m.start:m.end]}{mark[1]}{after}…")
     if verdict.verdict != "allow":
         print(f"\ntext after {verdict.verdict}:\n{verdict.text}")
-
-
 
 
 if __name__ == "__main__":

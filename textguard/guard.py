@@ -53,6 +53,22 @@ class Guard:
             self._detector = Detector(self.pipeline, self._reader)
         return self._detector, self._reader
 
+    async def ping(self) -> None:
+        """Reach Redis and make sure the index there is one these settings can read."""
+        _, reader = self._ensure_detector()
+        assert self._client is not None
+        await self._client.ping()
+        await reader.ensure_compatible()
+
+    async def start(self) -> None:
+        """Connect ahead of the first check (a server's start-up). An unreachable Redis is
+        logged, not fatal: the fail mode handles it per check until Redis answers."""
+        try:
+            await self.ping()
+        except (RedisError, OSError, StoreUnavailableError) as exc:
+            logger.error("Redis is not reachable at start-up (checks will fail %s until it is): %s",
+                         self.settings.fail_mode, exc)
+
     async def check(self, text: str, *, budget_ms: float | None = None,
                     fail_mode: FailMode | None = None, memo: LookupMemo | None = None) -> Verdict:
         """Check `text`; on a skipped check, `fail_mode` decides (default: the settings').

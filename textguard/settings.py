@@ -93,6 +93,22 @@ class Settings:
     redis_timeout_s: float = 0.5
     """Socket connect and read timeout; redis-py's 5 s default would stall requests."""
 
+    # How the proxy and the check API serve.
+    host: str = "127.0.0.1"
+    """Address the proxy and check API listen on; loopback unless you mean to expose them."""
+    port: int = 8000
+    upstream_url: str | None = None
+    """The OpenAI-compatible server the proxy forwards /v1 to (`--upstream`)."""
+    upstream_connect_timeout_s: float = 5.0
+    upstream_read_timeout_s: float = 300.0
+    """Longest silence from the upstream (between bytes), e.g. while a model thinks."""
+    max_request_bytes: int = 10 * 1024 * 1024
+    """Largest request body accepted (413 beyond it)."""
+    api_check_timeout_ms: float = 2000.0
+    """Time budget of one check through the check API (texts there may be long)."""
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token for the corpus admin endpoints, which exist only when it is set."""
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -128,6 +144,11 @@ class Settings:
                      "mosaic_chars", "block_chars", "max_postings"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_request_bytes", "port"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ConfigError("admin_token must be at least 16 characters long")
         if not 8 <= self.bucket_bits <= 24:
             raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
 
