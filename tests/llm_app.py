@@ -156,3 +156,8 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
                              Route("/v1/completions", chat, methods=["POST"]),
                              Route("/v1/responses", responses, methods=["POST"]),
                              Route("/v1/other", other), Route("/v1/cookie", cookie)])
+
+
+def default_app() -> Starlette:
+    """The fake model with a recorder nobody reads, for `uvicorn --factory` (benchmarks)."""
+    return create_app(Recorder())
