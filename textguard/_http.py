@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from textguard.middleware import ASGIApp, Message, Receive, Scope, Send
+from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 
 
 def error_body(status: int, message: str, code: str) -> bytes:

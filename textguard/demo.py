@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from textguard._asgi import ASGIApp
 from textguard.corpus import Corpus, Document, document_from_record
-from textguard.middleware import ASGIApp
 from textguard.server import Server, create_app, stop_on_signals, uvicorn_config
 from textguard.settings import Settings
 

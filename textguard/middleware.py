@@ -15,9 +15,10 @@ import fnmatch
 import json
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
+from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
@@ -25,12 +26,6 @@ from textguard.sse import Event, EventParser, encode_data
 from textguard.stream import GuardedStream
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 VERDICT_HEADER = b"x-textguard-verdict"
 SKIPPED_HEADER = b"x-textguard-skipped"

@@ -1,11 +1,12 @@
 """Stage 1: normalise text for matching, keeping a map back to the original offsets.
 
 Matching sees only letters and digits: NFKC folds full-width forms, OpenCC folds Traditional
-to Simplified, case is folded, look-alike letters fold to what they imitate, and everything else (punctuation, spaces, emoji, zero-width and
-other format characters) is dropped outright rather than treated as a separator, so a copy with
-characters spaced out or stuffed with invisible marks normalises to the same string as the
-original. Every normalised character remembers the index of the original character it came
-from, so spans found on the normalised text can be reported in the text the client received.
+to Simplified, case is folded, look-alike letters fold to what they imitate, and everything
+else (punctuation, spaces, emoji, zero-width and other format characters) is dropped outright
+rather than treated as a separator, so a copy with characters spaced out or stuffed with
+invisible marks normalises to the same string as the original. Every normalised character
+remembers the index of the original character it came from, so spans found on the normalised
+text can be reported in the text the client received.
 """
 
 from __future__ import annotations

@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from textguard._asgi import ASGIApp
 from textguard._http import BodyLimit, RequestTooLarge
 from textguard.api import CheckAPI, error
 from textguard.guard import Guard
-from textguard.middleware import ASGIApp, TextGuardMiddleware
+from textguard.middleware import TextGuardMiddleware
 from textguard.proxy import Forwarder
 from textguard.settings import Settings
 
