@@ -15,9 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
+
 
 class Recorder:
-    """What the fake model saw happen, for tests to assert on (and a gate for slow answers)."""
+    """What the fake model saw happen, for tests to assert on (and a gate for slow answers).
+
+    `cancelled` is set when the app learns that its client went away before its answer was
+    complete: its receive() returned http.disconnect (as a real model server learns it, and
+    stops generating), or its generator was cancelled.
+    """
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
@@ -42,7 +49,30 @@ def _answer(body: dict[str, Any]) -> str:
     return str(body.get("prompt", ""))
 
 
-def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> Starlette:
+def _watched(app: ASGIApp, recorder: Recorder) -> ASGIApp:
+    """`app`, telling `recorder` when it hears of a disconnect before its answer was complete."""
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+        complete = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                recorder.cancelled.set()
+            return message
+
+        await app(scope, watched_receive, watched_send)
+
+    return watched
+
+
+def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> ASGIApp:
     async def chat(request: Request) -> Response:
         raw = await request.body()
         recorder.requests.append((dict(request.headers), raw))
@@ -152,12 +182,12 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
         response.set_cookie("session", "secret-of-one-caller")
         return response
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+    return _watched(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/completions", chat, methods=["POST"]),
                              Route("/v1/responses", responses, methods=["POST"]),
-                             Route("/v1/other", other), Route("/v1/cookie", cookie)])
+                             Route("/v1/other", other), Route("/v1/cookie", cookie)]), recorder)
 
 
-def default_app() -> Starlette:
+def default_app() -> ASGIApp:
     """The fake model with a recorder nobody reads, for `uvicorn --factory` (benchmarks)."""
     return create_app(Recorder())

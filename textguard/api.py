@@ -6,7 +6,8 @@
   proxy can use textguard as a post-call guardrail with configuration alone.
 - `/v1/textguard/corpus/...` (add, remove, stats) exist only when an admin token is set, and
   demand it as a bearer token.
-- `GET /openapi.json` describes all of it; `GET /healthz` says whether Redis answers.
+- `GET /openapi.json` describes all of it; `GET /healthz` says whether Redis answers; the
+  served app adds Prometheus metrics at `/metrics`.
 """
 
 from __future__ import annotations

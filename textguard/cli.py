@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
 from tqdm import tqdm
 
+from textguard import telemetry
+from textguard._redis import connect_sync
+from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, check_files, documents_in
-from textguard.errors import ConfigError, TextGuardError
+from textguard.errors import ConfigError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
@@ -49,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default="-")
     check.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
 
+    audit_parser = commands.add_parser("audit", help="read the audit log of verdicts")
+    audit = audit_parser.add_subparsers(dest="action", required=True)
+    tail = audit.add_parser("tail", help="the latest entries (and, with -f, new ones as they come)")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the latest entries (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new entries until Ctrl-C")
+    export = audit.add_parser("export", help="entries between two times, as JSON lines or CSV")
+    export.add_argument("--since", help="ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T08:00:00+08:00)")
+    export.add_argument("--until", help="ISO 8601 time")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--out", type=Path, help="write here instead of standard output")
+
     proxy = commands.add_parser("proxy", help="guarded reverse proxy in front of an OpenAI-compatible server, "
                                               "with the check API")
     upstream = proxy.add_mutually_exclusive_group()
@@ -73,11 +90,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
+        level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+        telemetry.configure_logging(level, json_lines=_settings(args).log_format == "json")
         if args.command == "corpus":
             return _corpus(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command in ("proxy", "serve"):
             return _serve(args)
         if args.command == "demo":
@@ -156,6 +175,42 @@ def _check(args: argparse.Namespace) -> int:
     else:
         _print_verdict(text, verdict, sys.stdout.isatty())
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    client = connect_sync(settings)
+    reader = AuditReader(client, settings.index)
+    try:
+        if args.action == "tail":
+            for entry in reader.latest(args.lines):
+                print(json.dumps(entry.to_dict(), ensure_ascii=False), flush=True)
+            if args.follow:
+                for entry in reader.follow():
+                    print(json.dumps(entry.to_dict(), ensure_ascii=False), flush=True)
+            return 0
+        entries = reader.between(_time_arg(args.since, "--since"), _time_arg(args.until, "--until"))
+        with (args.out.open("w", encoding="utf-8", newline="") if args.out else contextlib.nullcontext(sys.stdout)) \
+                as out:
+            count = write_entries(entries, out, args.format)
+        print(f"exported {count} audit entries", file=sys.stderr)
+        return 0
+    except redis.RedisError as exc:
+        raise StoreUnavailableError(f"Redis error: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _time_arg(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: not an ISO 8601 time: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without a zone is local time
+    return moment.timestamp()
 
 
 def _serve(args: argparse.Namespace) -> int:

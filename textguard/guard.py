@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
+from textguard import telemetry
 from textguard._redis import connect_async
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
@@ -44,6 +45,13 @@ class Guard:
         self.skipped: Counter[str] = Counter()
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_guard: Guard | None = None
+
+    @property
+    def redis(self) -> aredis.Redis:
+        """The asyncio client checks use (the audit log writes through it too)."""
+        if self._client is None:
+            self._client = connect_async(self.settings)
+        return self._client
 
     def _ensure_detector(self) -> tuple[Detector, IndexReader]:
         if self._detector is None or self._reader is None:
@@ -79,6 +87,10 @@ class Guard:
         lookups they already made.
         """
         started = time.perf_counter()
+        mode = fail_mode or self.settings.fail_mode
+        if len(text) > self.settings.max_check_chars:
+            limit = f"{len(text)} characters, more than max_check_chars={self.settings.max_check_chars}"
+            return self._skip(text, "too_large", ValueError(limit), started, mode)
         detector, reader = self._ensure_detector()
         try:
             async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
@@ -88,12 +100,22 @@ class Guard:
             raise
         except (TimeoutError, RedisError, OSError, StoreUnavailableError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "redis"
-            return self._skip(text, reason, exc, started, fail_mode or self.settings.fail_mode)
+            return self._skip(text, reason, exc, started, mode)
         elapsed = (time.perf_counter() - started) * 1000
-        return self.policy.decide(text, len(normalised.text), matches, elapsed)
+        verdict = self.policy.decide(text, len(normalised.text), matches, elapsed)
+        telemetry.CHECKS.labels(verdict.verdict).inc()
+        telemetry.CHECK_SECONDS.observe(elapsed / 1000)
+        return verdict
+
+    def note_skip(self, reason: str) -> None:
+        """Count a check that could not run (also the surfaces' own: an undecodable body, say)."""
+        self.skipped[reason] += 1
+        telemetry.SKIPPED.labels(reason).inc()
+        if reason == "redis":
+            telemetry.REDIS_ERRORS.inc()
 
     def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
-        self.skipped[reason] += 1
+        self.note_skip(reason)
         if mode == "raise":
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
         logger.warning("check skipped (%s), failing %s: %s", reason, mode, str(exc) or type(exc).__name__)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from textguard import telemetry
 from textguard._asgi import ASGIApp
 from textguard._http import BodyLimit, RequestTooLarge
 from textguard.api import CheckAPI, error
@@ -38,7 +39,11 @@ def create_app(settings: Settings, *, guard: Guard | None = None) -> ASGIApp:
     guard = guard or Guard(settings)
     api = CheckAPI(guard)
     forwarder = Forwarder(settings) if settings.upstream_url else None
-    routes = api.routes()
+    async def metrics(request: Request) -> Response:
+        body, content_type = telemetry.exposition()
+        return Response(body, media_type=content_type)
+
+    routes = [*api.routes(), Route("/metrics", metrics, methods=["GET"])]
     if forwarder is not None:
         routes.append(Route("/v1/{path:path}", forwarder))  # an ASGI app: every method passes
 

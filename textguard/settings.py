@@ -92,6 +92,18 @@ class Settings:
     """What to do when a check cannot run: pass the text (open) or block it (closed)."""
     redis_timeout_s: float = 0.5
     """Socket connect and read timeout; redis-py's 5 s default would stall requests."""
+    max_check_chars: int = 200_000
+    """Longest answer checked; a longer one is a skipped check (`too_large`): the fail mode decides."""
+
+    # What is kept of what the guard did.
+    audit: Literal["off", "flagged", "all"] = "flagged"
+    """Audit log (a Redis Stream): every non-allow or skipped verdict, every check, or nothing."""
+    audit_max_entries: int = 100_000
+    """The audit stream is trimmed to about this many entries."""
+    audit_text: bool = False
+    """Also log the flagged spans' text (off: the log holds ids, offsets and scores only)."""
+    log_format: Literal["text", "json"] = "text"
+    """Logs on stderr as text lines or JSON lines; both carry the request id."""
 
     # How the proxy and the check API serve.
     host: str = "127.0.0.1"
@@ -140,8 +152,10 @@ class Settings:
             raise ConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
         if self.fail_mode not in ("open", "closed"):
             raise ConfigError(f"fail_mode must be 'open' or 'closed', got {self.fail_mode!r}")
+        if self.audit not in ("off", "flagged", "all"):
+            raise ConfigError(f"audit must be 'off', 'flagged' or 'all', got {self.audit!r}")
         for name in ("num_perm", "window_shingles", "shingle_tokens", "quote_chars",
-                     "mosaic_chars", "block_chars", "max_postings"):
+                     "mosaic_chars", "block_chars", "max_postings", "max_check_chars", "audit_max_entries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_request_bytes", "port"):
