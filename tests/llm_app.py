@@ -30,17 +30,20 @@ class Recorder:
         self.cancelled = threading.Event()
         self.completed = 0
         self.requests: list[tuple[dict[str, str], bytes]] = []  # headers and raw body of each request
-        self.release = threading.Event()  # answers asked to be slow wait for this (or 10 s)
+        self.release = threading.Event()  # answers asked to be slow, or to pause, wait for this
+        self.paused = threading.Event()  # a streamed answer reached its pause
 
     def reset(self) -> None:
         self.cancelled.clear()
         self.release.clear()
+        self.paused.clear()
         self.completed = 0
         self.requests.clear()
 
 
 SLOW = "[[slow]]"  # an answer starting with this waits for Recorder.release before it begins
 BREAK = "[[break]]"  # a streamed answer starting with this breaks off after a few chunks
+PAUSE = "[[pause]]"  # a streamed answer stops here (sets Recorder.paused) until Recorder.release
 
 
 def _answer(body: dict[str, Any]) -> str:
@@ -80,6 +83,8 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
         text = _answer(body)
         if text.startswith(SLOW):
             await asyncio.to_thread(recorder.release.wait, 10)
+        pause_at = text.find(PAUSE)
+        text = text.replace(PAUSE, "")
         chat_api = request.url.path.endswith("/chat/completions")
         base = {"id": "cmpl-test", "created": int(time.time()), "model": body.get("model", "fake")}
         if not body.get("stream"):
@@ -93,6 +98,7 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
             return JSONResponse({**base, "object": "text_completion", "choices": [choice]})
 
         async def events() -> AsyncIterator[str]:
+            nonlocal pause_at
             kind = "chat.completion.chunk" if chat_api else "text_completion"
             try:
                 if chat_api:
@@ -102,6 +108,10 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
                 for i in range(0, len(text), chunk_chars):
                     if text.startswith(BREAK) and i >= 10 * chunk_chars:
                         raise RuntimeError("the fake model breaks off its answer")
+                    if 0 <= pause_at <= i:
+                        pause_at = -1
+                        recorder.paused.set()
+                        await asyncio.to_thread(recorder.release.wait, 30)
                     piece = text[i:i + chunk_chars]
                     choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                     if chat_api:
