@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -199,5 +200,7 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
 
 
 def default_app() -> ASGIApp:
-    """The fake model with a recorder nobody reads, for `uvicorn --factory` (benchmarks)."""
-    return create_app(Recorder())
+    """The fake model with a recorder nobody reads, for `uvicorn --factory` (benchmarks); its
+    pace comes from FAKE_MODEL_DELAY (seconds a chunk) and FAKE_MODEL_CHUNK_CHARS."""
+    return create_app(Recorder(), chunk_chars=int(os.environ.get("FAKE_MODEL_CHUNK_CHARS", "3")),
+                      delay=float(os.environ.get("FAKE_MODEL_DELAY", "0")))
