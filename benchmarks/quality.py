@@ -63,6 +63,7 @@ SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁�
 GIVEN_CHARS = ("伟芳娜英敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚桂华玉萍红玲芬燕彬鹏辉建文志国海云飞凤琴梅"
                "雪婷宇浩然子轩博晨欣怡佳琪瑶")
 ZERO_WIDTH = ("\u200b", "\u200c", "\ufeff")
+LOOKALIKE_SWAP = str.maketrans("一口工力夕二八卜千aeopcxyi", "ーロエカタニハトチаеорсхуі")
 EMOJI = ("😀", "😂", "🤔", "👍", "🎉", "🔥", "🌸", "✨", "❤️", "👍🏻")
 PUNCTUATION_SWAP = str.maketrans({"，": "、", "、": "，", "。": "．", "．": "。", "：": "；", "；": "：", "“": "「",
                                   "”": "」", "‘": "『", "’": "』", "！": "。", "？": "。"})
@@ -349,6 +350,15 @@ def emoji(text: str, rng: random.Random, _sources: Sources) -> str:
     return "".join(out)
 
 
+def lookalikes(text: str, _rng: random.Random, _sources: Sources) -> str:
+    """Katakana that look like common hanzi (ー for 一, ロ for 口 ...) and Cyrillic for Latin letters."""
+    return text.translate(LOOKALIKE_SWAP)
+
+
+def punctuated(text: str, _rng: random.Random, _sources: Sources) -> str:
+    return "、".join(text)
+
+
 def stacked(text: str, rng: random.Random, sources: Sources) -> str:
     edited = edit_words(text, 0.2, sources.donor_words(rng), rng)
     return zero_width(traditional(edited, rng, sources), rng, sources)
@@ -456,6 +466,8 @@ KINDS = (
     Kind("evasion_traditional", partial(build_evasion, disguise=traditional), 99.0),
     Kind("evasion_spaced", partial(build_evasion, disguise=spaced), 99.0),
     Kind("evasion_emoji", partial(build_evasion, disguise=emoji), 99.0),
+    Kind("evasion_lookalikes", partial(build_evasion, disguise=lookalikes), 99.0),
+    Kind("evasion_punctuated", partial(build_evasion, disguise=punctuated), 99.0),
     Kind("evasion_stacked", partial(build_evasion, disguise=stacked), None),
     Kind("famous_quotes", build_famous_quote, 99.0, "allow"),
 )

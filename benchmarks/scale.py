@@ -49,7 +49,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 # the stock baseline, data loaders and timers of the speed benchmark, and the test cluster, reused
-from redis_cluster import LocalCluster, Node, local_cluster, local_server  # noqa: E402
+from redis_cluster import LocalCluster, cpu_seconds, local_cluster, local_server, used_memory  # noqa: E402
+from redis_process import RedisProcess  # noqa: E402
 from speed import (  # noqa: E402
     CORPUS_FILES,
     DATA,
@@ -248,8 +249,8 @@ def measure(deployment: Deployment, size: int, documents: Sequence[Document], te
     assert stats["characters"] == size, stats
     used = deployment.used_memory()
     clean, copied, cpu, verdicts = asyncio.run(check_latency(settings, texts, options.checks))
-    return Measured(size, deployment.name, rates, ingest_cpu, stats["bytes_per_char"], used / size, stats, clean, copied,
-                    cpu, verdicts)
+    return Measured(size, deployment.name, rates, ingest_cpu, stats["bytes_per_char"], used / size, stats, clean,
+                    copied, cpu, verdicts)
 
 
 async def check_latency(settings: Settings, texts: dict[str, list[str]],
@@ -281,7 +282,7 @@ class StockResult:
     query: list[float]
 
 
-def measure_stock(node: Node, documents: Sequence[Document], texts: list[str], options: Options) -> StockResult:
+def measure_stock(node: RedisProcess, documents: Sequence[Document], texts: list[str], options: Options) -> StockResult:
     """datasketch's MinHashLSH with its Redis storage on the plain server, fed from the 10 M corpus."""
     pipeline = Pipeline(Settings.load())
     stock = StockLSH({"host": "127.0.0.1", "port": node.port}, pipeline.params)
@@ -367,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         texts = {"clean": clean, "copied": copied_texts(clean, documents, rng)}
         with local_server() as node:
             results.append(measure(Deployment("one Redis", f"redis://127.0.0.1:{node.port}",
-                                              lambda n=node: _flush(n), node.used_memory, node.cpu_seconds),
+                                              lambda n=node: _flush(n), lambda n=node: used_memory(n),
+                                              lambda n=node: cpu_seconds(n)),
                                    size, documents, texts, options))
             print_progress(results[-1])
             if size == min(options.sizes):
@@ -393,7 +395,7 @@ def prefix(documents: Sequence[Document], size: int) -> list[Document]:
     return out
 
 
-def _flush(node: Node) -> None:
+def _flush(node: RedisProcess) -> None:
     with node.client() as client:
         client.flushall()
 

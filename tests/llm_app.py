@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,13 +16,35 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
+
 
 class Recorder:
-    """What the fake model saw happen, for tests to assert on."""
+    """What the fake model saw happen, for tests to assert on (and a gate for slow answers).
+
+    `cancelled` is set when the app learns that its client went away before its answer was
+    complete: its receive() returned http.disconnect (as a real model server learns it, and
+    stops generating), or its generator was cancelled.
+    """
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.completed = 0
+        self.requests: list[tuple[dict[str, str], bytes]] = []  # headers and raw body of each request
+        self.release = threading.Event()  # answers asked to be slow, or to pause, wait for this
+        self.paused = threading.Event()  # a streamed answer reached its pause
+
+    def reset(self) -> None:
+        self.cancelled.clear()
+        self.release.clear()
+        self.paused.clear()
+        self.completed = 0
+        self.requests.clear()
+
+
+SLOW = "[[slow]]"  # an answer starting with this waits for Recorder.release before it begins
+BREAK = "[[break]]"  # a streamed answer starting with this breaks off after a few chunks
+PAUSE = "[[pause]]"  # a streamed answer stops here (sets Recorder.paused) until Recorder.release
 
 
 def _answer(body: dict[str, Any]) -> str:
@@ -30,10 +53,39 @@ def _answer(body: dict[str, Any]) -> str:
     return str(body.get("prompt", ""))
 
 
-def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> Starlette:
+def _watched(app: ASGIApp, recorder: Recorder) -> ASGIApp:
+    """`app`, telling `recorder` when it hears of a disconnect before its answer was complete."""
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+        complete = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                recorder.cancelled.set()
+            return message
+
+        await app(scope, watched_receive, watched_send)
+
+    return watched
+
+
+def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> ASGIApp:
     async def chat(request: Request) -> Response:
-        body = await request.json()
+        raw = await request.body()
+        recorder.requests.append((dict(request.headers), raw))
+        body = json.loads(raw)
         text = _answer(body)
+        if text.startswith(SLOW):
+            await asyncio.to_thread(recorder.release.wait, 10)
+        pause_at = text.find(PAUSE)
+        text = text.replace(PAUSE, "")
         chat_api = request.url.path.endswith("/chat/completions")
         base = {"id": "cmpl-test", "created": int(time.time()), "model": body.get("model", "fake")}
         if not body.get("stream"):
@@ -47,6 +99,7 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
             return JSONResponse({**base, "object": "text_completion", "choices": [choice]})
 
         async def events() -> AsyncIterator[str]:
+            nonlocal pause_at
             kind = "chat.completion.chunk" if chat_api else "text_completion"
             try:
                 if chat_api:
@@ -54,6 +107,12 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
                     yield f"data: {json.dumps({**base, 'object': kind, 'choices': [first]})}\n\n"
                 yield ": keep-alive\n\n"
                 for i in range(0, len(text), chunk_chars):
+                    if text.startswith(BREAK) and i >= 10 * chunk_chars:
+                        raise RuntimeError("the fake model breaks off its answer")
+                    if 0 <= pause_at <= i:
+                        pause_at = -1
+                        recorder.paused.set()
+                        await asyncio.to_thread(recorder.release.wait, 30)
                     piece = text[i:i + chunk_chars]
                     choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                     if chat_api:
@@ -128,7 +187,20 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
     async def other(request: Request) -> Response:
         return PlainTextResponse("no guard here: " + request.query_params.get("text", ""))
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+    async def cookie(request: Request) -> Response:
+        """Sets a cookie, and says which cookies it was sent."""
+        response = JSONResponse({"cookies": dict(request.cookies)})
+        response.set_cookie("session", "secret-of-one-caller")
+        return response
+
+    return _watched(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/completions", chat, methods=["POST"]),
                              Route("/v1/responses", responses, methods=["POST"]),
-                             Route("/v1/other", other)])
+                             Route("/v1/other", other), Route("/v1/cookie", cookie)]), recorder)
+
+
+def default_app() -> ASGIApp:
+    """The fake model with a recorder nobody reads, for `uvicorn --factory` (benchmarks); its
+    pace comes from FAKE_MODEL_DELAY (seconds a chunk) and FAKE_MODEL_CHUNK_CHARS."""
+    return create_app(Recorder(), chunk_chars=int(os.environ.get("FAKE_MODEL_CHUNK_CHARS", "3")),
+                      delay=float(os.environ.get("FAKE_MODEL_DELAY", "0")))

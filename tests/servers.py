@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,9 +18,9 @@ import uvicorn
 
 
 @contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any, lifespan: str = "off") -> Iterator[str]:
     """Serve `app` on a free port of 127.0.0.1; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -29,3 +35,45 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def spawn(args: list[str], env: dict[str, str],
+          ready: str = "listening on ") -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run `python -m textguard ARGS` as a process of its own until it prints a line containing
+    `ready` and a URL; yields the process and that URL, and stops it (SIGINT) afterwards."""
+    process = subprocess.Popen([sys.executable, "-m", "textguard", *args], env={**os.environ, **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = _wait_for_line(process, ready, deadline=time.monotonic() + 60)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        process.stderr.close()
+
+
+def _wait_for_line(process: subprocess.Popen[str], ready: str, deadline: float) -> str:
+    assert process.stdout is not None
+    seen = []
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not readable:
+            break
+        line = process.stdout.readline()
+        if not line:  # the process ended
+            break
+        seen.append(line)
+        if ready in line:
+            return re.search(r"http://[0-9.]+:[0-9]+", line.split(ready, 1)[1]).group(0)  # type: ignore[union-attr]
+    process.kill()
+    stderr = process.stderr.read() if process.stderr else ""
+    raise RuntimeError(f"textguard {process.args} did not get ready; stdout: {''.join(seen)!r}; "
+                       f"stderr: {stderr[-2000:]}")

@@ -144,18 +144,19 @@ def test_redis_down_fails_as_configured(settings: Settings, recorder: Recorder, 
         assert (reasons == ["content_filter"]) == (mode == "closed")
 
 
-class _RawStream:
-    """An app that sends a prepared SSE body in odd-sized pieces."""
+class RawAnswer:
+    """An app that answers with a prepared body, sent in pieces of `piece` bytes."""
 
-    def __init__(self, body: bytes, piece: int, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        self.body, self.piece, self.headers = body, piece, headers
+    def __init__(self, body: bytes, piece: int, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 content_type: bytes | None = b"text/event-stream", status: int = 200) -> None:
+        self.body, self.piece, self.status = body, piece, status
+        self.headers = [*(((b"content-type", content_type),) if content_type else ()), *headers]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         await receive()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), *self.headers]})
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         for i in range(0, len(self.body), self.piece):
             await send({"type": "http.response.body", "body": self.body[i:i + self.piece], "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -174,7 +175,7 @@ def test_split_events_crlf_and_cut_characters(indexed: Settings, negative_record
     events = chat_chunks("x", text, 4)
     body = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\r\n\r\n" for e in events)
     body += b": ping\r\n\r\ndata: [DONE]\r\n\r\n"
-    with serve(TextGuardMiddleware(_RawStream(body, piece=7), settings=indexed)) as url:
+    with serve(TextGuardMiddleware(RawAnswer(body, piece=7), settings=indexed)) as url:
         text_out, reasons, _ = collect(ask(url, "x", stream=True))
         raw = httpx2.post(url + "/v1/chat/completions", json={"stream": True})
     assert text_out == text and reasons == ["stop"]
@@ -274,7 +275,7 @@ def test_tool_call_and_role_deltas_pass_through(indexed: Settings) -> None:
          "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     ]
     body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-    with serve(TextGuardMiddleware(_RawStream(body, piece=11), settings=indexed)) as url:
+    with serve(TextGuardMiddleware(RawAnswer(body, piece=11), settings=indexed)) as url:
         raw = httpx2.post(url + "/v1/chat/completions", json={"stream": True})
     sent = [json.loads(line[6:]) for line in raw.content.split(b"\n") if line.startswith(b"data: {")]
     assert sent == events
@@ -289,7 +290,7 @@ def test_compressed_stream_is_decoded_and_guarded(indexed: Settings, record: dic
     plain = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
     body = gzip.compress(plain + b"data: [DONE]\n\n")
 
-    app = _RawStream(body, piece=50, headers=((b"content-encoding", b"gzip"),))
+    app = RawAnswer(body, piece=50, headers=((b"content-encoding", b"gzip"),))
     with serve(TextGuardMiddleware(app, settings=indexed)) as url:
         streamed, reasons, _ = collect(ask(url, "x", stream=True))
     assert f"出自《{record['work']}》" in streamed and streamed.endswith(AFTER) and reasons == ["stop"]

@@ -1,8 +1,11 @@
-"""The `textguard` command: corpus maintenance and checks (see README for the contract)."""
+"""The `textguard` command: corpus maintenance, checks, the proxy and check API, the demo
+(see README for the contract)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import logging
 import sys
@@ -11,8 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from textguard import telemetry
+from textguard._redis import REDIS_ERRORS, connect_sync
+from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, check_files, documents_in
-from textguard.errors import TextGuardError
+from textguard.errors import ConfigError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
@@ -49,6 +55,31 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check one text (a file, or - for standard input)")
     check.add_argument("file", nargs="?", default="-")
     check.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+
+    audit_parser = commands.add_parser("audit", help="read the audit log of verdicts")
+    audit = audit_parser.add_subparsers(dest="action", required=True)
+    tail = audit.add_parser("tail", help="the latest entries (and, with -f, new ones as they come)")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the latest entries (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new entries until Ctrl-C")
+    export = audit.add_parser("export", help="entries between two times, as JSON lines or CSV")
+    export.add_argument("--since", help="ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T08:00:00+08:00)")
+    export.add_argument("--until", help="ISO 8601 time")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--out", type=Path, help="write here instead of standard output")
+
+    proxy = commands.add_parser("proxy", help="guarded reverse proxy in front of an OpenAI-compatible server, "
+                                              "with the check API")
+    upstream = proxy.add_mutually_exclusive_group()
+    upstream.add_argument("--upstream", help="base URL of the upstream server, e.g. http://127.0.0.1:8001 "
+                                             "(env TEXTGUARD_UPSTREAM_URL)")
+    upstream.add_argument("--no-upstream", action="store_true", help="serve the check API alone")
+    serve = commands.add_parser("serve", help="serve the check API alone (as proxy --no-upstream)")
+    demo = commands.add_parser("demo", help="the one-command tour: sample works, a demo model and the guarded "
+                                            "proxy in front of it, on the embedded defaults")
+    for served in (proxy, serve, demo):
+        served.add_argument("--host", help="address to listen on (env TEXTGUARD_HOST; default 127.0.0.1)")
+        served.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
+                                                     "(env TEXTGUARD_PORT; default 8000)")
     return parser
 
 
@@ -60,16 +91,27 @@ def _positive(value: str) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(config_file=args.config, redis_url=args.redis_url, home=args.home, index=args.index)
+    served = {name: getattr(args, name, None) for name in ("host", "port")}
+    return Settings.load(config_file=args.config, redis_url=args.redis_url, home=args.home, index=args.index,
+                         **served)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
+        level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+        telemetry.configure_logging(level, json_lines=_settings(args).log_format == "json")
         if args.command == "corpus":
             return _corpus(args)
+        if args.command == "audit":
+            return _audit(args)
+        if args.command in ("proxy", "serve"):
+            return _serve(args)
+        if args.command == "demo":
+            from textguard.demo import run_demo  # the demo's model and samples load only here
+
+            run_demo(_settings(args))
+            return 0
         return _check(args)
     except TextGuardError as exc:
         print(f"textguard: error: {exc}", file=sys.stderr)
@@ -144,6 +186,63 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    client = connect_sync(settings)
+    reader = AuditReader(client, settings.index)
+    try:
+        if args.action == "tail":
+            for entry in reader.latest(args.lines):
+                print(json.dumps(entry.to_dict(), ensure_ascii=False), flush=True)
+            if args.follow:
+                for entry in reader.follow():
+                    print(json.dumps(entry.to_dict(), ensure_ascii=False), flush=True)
+            return 0
+        entries = reader.between(_time_arg(args.since, "--since"), _time_arg(args.until, "--until"))
+        with (args.out.open("w", encoding="utf-8", newline="") if args.out else contextlib.nullcontext(sys.stdout)) \
+                as out:
+            count = write_entries(entries, out, args.format)
+        print(f"exported {count} audit entries", file=sys.stderr)
+        return 0
+    except REDIS_ERRORS as exc:
+        raise StoreUnavailableError(f"Redis error: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _time_arg(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: not an ISO 8601 time: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without a zone is local time
+    return moment.timestamp()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from textguard.server import serve  # the serving stack loads only for these commands
+
+    settings = _settings(args)
+    if args.command == "serve" or args.no_upstream:
+        settings = settings.replace(upstream_url=None)
+    elif args.upstream:
+        settings = settings.replace(upstream_url=args.upstream)
+    elif not settings.upstream_url:
+        raise ConfigError("proxy needs --upstream URL (or TEXTGUARD_UPSTREAM_URL), or --no-upstream")
+    if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--upstream must be an http:// or https:// URL, got {settings.upstream_url!r}")
+
+    def announce(url: str) -> None:
+        guarding = f", guarding {settings.upstream_url}" if settings.upstream_url else " (check API only)"
+        print(f"textguard listening on {url}{guarding}; check API at {url}/v1/textguard/check", flush=True)
+
+    serve(settings, on_ready=announce)
+    return 0
+
+
 def _print_verdict(text: str, verdict: Verdict, colour: bool) -> None:
     mark = ("\x1b[1;31m", "\x1b[0m") if colour else ("【", "】")
     print(f"verdict: {verdict.verdict}  ({verdict.checked_chars} chars checked in {verdict.elapsed_ms:.1f} ms)")
@@ -156,8 +255,6 @@ def _print_verdict(text: str, verdict: Verdict, colour: bool) -> None:
             print(f"  …{before}{mark[0]}{text[m.start:m.end]}{mark[1]}{after}…")
     if verdict.verdict != "allow":
         print(f"\ntext after {verdict.verdict}:\n{verdict.text}")
-
-
 
 
 if __name__ == "__main__":

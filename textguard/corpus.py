@@ -107,8 +107,15 @@ def _document_from_line(path: Path, number: int, raw: bytes) -> Document:
         raise CorpusInputError(f"{where}: not UTF-8 ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise CorpusInputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    return document_from_record(record, where)
+
+
+def document_from_record(record: Any, where: str) -> Document:
+    """A Document from one JSON record (`id`, `text`, optional `title`, `author`, `work`; other
+    fields are kept as metadata). `where` names the record in the error message."""
     if not isinstance(record, dict):
         raise CorpusInputError(f"{where}: expected a JSON object")
+    record = dict(record)
     doc_id, text = record.pop("id", None), record.pop("text", None)
     if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
         raise CorpusInputError(f"{where}: missing or invalid 'id' (a non-empty string or integer)")

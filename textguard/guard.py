@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
+from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
@@ -42,6 +43,13 @@ class Guard:
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_guard: Guard | None = None
 
+    @property
+    def redis(self) -> AsyncClient:
+        """The asyncio client checks use (the audit log writes through it too)."""
+        if self._client is None:
+            self._client = connect_async(self.settings)
+        return self._client
+
     def _ensure_detector(self) -> tuple[Detector, IndexReader]:
         if self._detector is None or self._reader is None:
             if self._client is None:
@@ -49,6 +57,22 @@ class Guard:
             self._reader = IndexReader(self._client, self.pipeline.layout)
             self._detector = Detector(self.pipeline, self._reader)
         return self._detector, self._reader
+
+    async def ping(self) -> None:
+        """Reach Redis and make sure the index there is one these settings can read."""
+        _, reader = self._ensure_detector()
+        assert self._client is not None
+        await self._client.ping()
+        await reader.ensure_compatible()
+
+    async def start(self) -> None:
+        """Connect ahead of the first check (a server's start-up). An unreachable Redis is
+        logged, not fatal: the fail mode handles it per check until Redis answers."""
+        try:
+            await self.ping()
+        except (*REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
+            logger.error("Redis is not reachable at start-up (checks will fail %s until it is): %s",
+                         self.settings.fail_mode, exc)
 
     async def check(self, text: str, *, budget_ms: float | None = None,
                     fail_mode: FailMode | None = None, memo: LookupMemo | None = None) -> Verdict:
@@ -60,6 +84,10 @@ class Guard:
         lookups they already made.
         """
         started = time.perf_counter()
+        mode = fail_mode or self.settings.fail_mode
+        if len(text) > self.settings.max_check_chars:
+            limit = f"{len(text)} characters, more than max_check_chars={self.settings.max_check_chars}"
+            return self._skip(text, "too_large", ValueError(limit), started, mode)
         detector, reader = self._ensure_detector()
         try:
             async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
@@ -69,12 +97,22 @@ class Guard:
             raise
         except (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "redis"
-            return self._skip(text, reason, exc, started, fail_mode or self.settings.fail_mode)
+            return self._skip(text, reason, exc, started, mode)
         elapsed = (time.perf_counter() - started) * 1000
-        return self.policy.decide(text, len(normalised.text), matches, elapsed)
+        verdict = self.policy.decide(text, len(normalised.text), matches, elapsed)
+        telemetry.CHECKS.labels(verdict.verdict).inc()
+        telemetry.CHECK_SECONDS.observe(elapsed / 1000)
+        return verdict
+
+    def note_skip(self, reason: str) -> None:
+        """Count a check that could not run (also the surfaces' own: an undecodable body, say)."""
+        self.skipped[reason] += 1
+        telemetry.SKIPPED.labels(reason).inc()
+        if reason == "redis":
+            telemetry.REDIS_ERRORS.inc()
 
     def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
-        self.skipped[reason] += 1
+        self.note_skip(reason)
         if mode == "raise":
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
         logger.warning("check skipped (%s), failing %s: %s", reason, mode, str(exc) or type(exc).__name__)

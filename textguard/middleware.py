@@ -14,10 +14,15 @@ import asyncio
 import fnmatch
 import json
 import logging
+import uuid
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
+from textguard import telemetry
+from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
+from textguard._http import send_error
+from textguard.audit import AuditLog
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
@@ -26,14 +31,10 @@ from textguard.stream import GuardedStream
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 VERDICT_HEADER = b"x-textguard-verdict"
 SKIPPED_HEADER = b"x-textguard-skipped"
+REQUEST_ID_HEADER = b"x-request-id"
+_BYTES_PER_CHAR = 8  # a buffered answer beyond max_check_chars * this cannot fit the check
 _RANK = {"allow": 0, "rewrite": 1, "block": 2}
 _TEXT_TYPES = ("text/plain", "text/markdown")
 
@@ -50,12 +51,24 @@ class TextGuardMiddleware:
         self.app = app
         self.guard = guard or Guard(settings or Settings.load())
         self.paths = paths if paths is not None else self.guard.settings.guard_paths
+        self._audit: AuditLog | None = None
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            self._audit = AuditLog(self.guard.redis, self.guard.settings)
+        return self._audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not any(fnmatch.fnmatchcase(scope["path"], p) for p in self.paths):
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] == "HEAD" \
+                or not any(fnmatch.fnmatchcase(scope["path"], p) for p in self.paths):
+            await self.app(scope, receive, send)  # HEAD answers carry no text to check
             return
-        await _Responder(self, scope, receive, send).run()
+        token = telemetry.request_id.set(_request_id(scope))
+        try:
+            await _Responder(self, scope, receive, send).run()
+        finally:
+            telemetry.request_id.reset(token)
 
 
 class _Stopped(OSError):
@@ -67,12 +80,13 @@ class _Responder:
     def __init__(self, middleware: TextGuardMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
         self.app = middleware.app
         self.guard = middleware.guard
+        self.audit = middleware.audit
         self.settings = middleware.guard.settings
         self.scope = scope
         self.receive = receive
         self.send = send
         self.start: Message | None = None
-        self.mode = "pass"  # pass, buffer or stream, decided at http.response.start
+        self.mode = "pass"  # pass, buffer, stream or drop, decided at http.response.start
         self.body = bytearray()
         self.stopped = asyncio.Event()
         self.request_body = bytearray()
@@ -91,6 +105,9 @@ class _Responder:
             if not self.stopped.is_set():
                 raise
             # the app unwinding from the stop we caused (perhaps wrapped in its own exception)
+        finally:
+            for stream in (*self.streams.values(), *self.streams_by_part.values()):
+                await self.audit.record(stream.summary(), self.scope["path"], stream.text)
 
     async def _receive(self) -> Message:
         if self.stopped.is_set():
@@ -114,6 +131,7 @@ class _Responder:
         if self.stopped.is_set():
             raise _Stopped
         if message["type"] == "http.response.start":
+            message = _with_headers(message, {REQUEST_ID_HEADER: telemetry.request_id.get().encode()})
             self.start = message
             self.mode = self._mode(message)
             if self.mode == "pass":
@@ -123,7 +141,7 @@ class _Responder:
                     self.decode = _decoder(_header(message, b"content-encoding", "identity"))
                 except ValueError as exc:  # a stream we cannot read: the fail mode decides
                     logger.warning("cannot decode a streamed answer: %s", exc)
-                    self.guard.skipped["encoding"] += 1
+                    self.guard.note_skip("encoding")
                     if self.settings.fail_mode == "open":
                         self.mode = "pass"
                         await self.send(_with_headers(message, {SKIPPED_HEADER: b"encoding"}))
@@ -139,8 +157,12 @@ class _Responder:
             await self.send(message)
         elif self.mode == "buffer":
             self.body += message.get("body", b"")
-            if not message.get("more_body", False):
+            if len(self.body) > _BYTES_PER_CHAR * self.settings.max_check_chars:
+                await self._overflow(more=message.get("more_body", False))
+            elif not message.get("more_body", False):
                 await self._send_checked()
+        elif self.mode == "drop":
+            return
         else:
             try:
                 await self._stream(message.get("body", b""), more=message.get("more_body", False))
@@ -150,14 +172,29 @@ class _Responder:
                 return
 
     def _mode(self, start: Message) -> str:
-        if not 200 <= start["status"] < 300:
-            return "pass"
+        if not 200 <= start["status"] < 300 or start["status"] in (204, 205):
+            return "pass"  # errors, and answers without a body
         content_type = _header(start, b"content-type")
         if content_type.startswith("text/event-stream"):
             return "stream"
-        if content_type.startswith(("application/json", *_TEXT_TYPES)):
+        if _is_json(content_type) or content_type.startswith(_TEXT_TYPES) or not content_type:
             return "buffer"
         return "pass"
+
+    async def _overflow(self, more: bool) -> None:
+        """An answer too large to hold and check: the fail mode decides, and the rest of it is
+        relayed (open) or dropped (closed)."""
+        logger.warning("answer larger than %d bytes: not checked, failing %s",
+                       _BYTES_PER_CHAR * self.settings.max_check_chars, self.settings.fail_mode)
+        self.guard.note_skip("too_large")
+        if self.settings.fail_mode == "closed":
+            self.mode = "drop"
+            await self._finish_unchecked("too_large")
+            return
+        assert self.start is not None
+        self.mode = "pass"
+        await self.send(_with_headers(self.start, {VERDICT_HEADER: b"allow", SKIPPED_HEADER: b"too_large"}))
+        await self.send({"type": "http.response.body", "body": bytes(self.body), "more_body": more})
 
     # -- whole answers ------------------------------------------------------------------
 
@@ -168,24 +205,34 @@ class _Responder:
             body = _decoder(encoding)(bytes(self.body))
         except (OSError, ValueError, zlib.error) as exc:
             logger.warning("cannot decode a %s answer: %s", encoding, exc)
-            self.guard.skipped["encoding"] += 1
+            self.guard.note_skip("encoding")
             await self._finish_unchecked("encoding")
             return
-        if _header(self.start, b"content-type").startswith(_TEXT_TYPES):
+        content_type = _header(self.start, b"content-type")
+        try:
+            payload = json.loads(body) if _is_json(content_type) or not content_type else None
+        except (ValueError, RecursionError):  # not JSON, or nested beyond reason
+            if content_type:
+                logger.warning("a guarded answer is not valid JSON: not checked, failing %s", self.settings.fail_mode)
+                self.guard.note_skip("malformed")
+                await self._finish_unchecked("malformed")
+                return
+            payload = None  # no content type: read it as text
+        if payload is None:
             text = body.decode("utf-8", "replace")
             verdict = await self.guard.check(text, budget_ms=self.settings.check_timeout_ms)
-            await self._respond(verdict.text.encode(), [verdict])
+            await self._respond(body if verdict.verdict == "allow" else verdict.text.encode(), [verdict])
+            await self.audit.record(verdict, self.scope["path"], text)
             return
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            await self._respond(body, [])  # not JSON after all: nothing to read an answer from
-            return
-        verdicts = [await self._check_field(choice, holder, key) for choice, holder, key in _answer_fields(payload)]
+        checked = [(await self._check_field(choice, holder, key), text)
+                   for choice, holder, key in _answer_fields(payload) for text in [holder[key]]]
+        verdicts = [verdict for verdict, _ in checked]
         if self.settings.expose_matches and isinstance(payload, dict) and verdicts:
             payload["textguard"] = _summary(verdicts)
         changed = any(v.verdict != "allow" or v.skipped for v in verdicts) or self.settings.expose_matches
-        await self._respond(json.dumps(payload, ensure_ascii=False).encode() if changed else body, verdicts)
+        await self._respond(_json_bytes(payload) if changed else body, verdicts)
+        for verdict, text in checked:
+            await self.audit.record(verdict, self.scope["path"], text)
 
     async def _check_field(self, choice: dict[str, Any], holder: dict[str, Any], key: str) -> Verdict:
         verdict = await self.guard.check(holder[key], budget_ms=self.settings.check_timeout_ms)
@@ -209,9 +256,14 @@ class _Responder:
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _finish_unchecked(self, reason: str) -> None:
+        """Send an answer that could not be checked as it is (open), or an error in its place
+        (closed): it cannot be rewritten or blocked in its own format if it cannot be read."""
         if self.settings.fail_mode == "closed":
-            message = self.settings.block_message.format(works="未能核查").encode()
-            await self._respond(message, [Verdict("block", "", 0, (), 0.0, skipped=reason)])
+            message = self.settings.block_message.format(works="未能核查")
+            headers = [(VERDICT_HEADER, b"block"), (SKIPPED_HEADER, reason.encode()),
+                       (REQUEST_ID_HEADER, telemetry.request_id.get().encode())]
+            await send_error(self.send, 502, message, "answer_not_checked", headers)
+            await self.audit.record(Verdict("block", message, 0, (), 0.0, skipped=reason), self.scope["path"], "")
         else:
             assert self.start is not None
             await self.send(_with_headers(self.start, {VERDICT_HEADER: b"allow", SKIPPED_HEADER: reason.encode()}))
@@ -224,7 +276,7 @@ class _Responder:
             events = self.parser.feed(self.decode(chunk))
         except (OSError, ValueError, zlib.error) as exc:
             logger.warning("cannot decode a streamed answer, failing closed: %s", exc)
-            self.guard.skipped["encoding"] += 1
+            self.guard.note_skip("encoding")
             await self._block({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}, 0)
             return
         if not more:
@@ -247,10 +299,13 @@ class _Responder:
             return
         try:
             chunk = json.loads(event.data)
-        except ValueError:
-            self.guard.skipped["malformed"] += 1
-            logger.warning("passing an event whose data is not JSON")
-            await self._emit(event.encode())
+        except (ValueError, RecursionError):
+            self.guard.note_skip("malformed")
+            if self.settings.fail_mode == "open":
+                logger.warning("passing an event whose data is not JSON (fail mode open)")
+                await self._emit(event.encode())
+            else:
+                logger.warning("dropping an event whose data is not JSON (fail mode closed)")
             return
         if isinstance(chunk, dict) and str(chunk.get("type", "")).startswith("response."):
             await self._responses_event(chunk)
@@ -326,7 +381,7 @@ class _Responder:
     async def _emit_response_event(self, event: dict[str, Any]) -> None:
         event["sequence_number"] = self.sequence
         self.sequence += 1
-        await self._emit(encode_data(json.dumps(event, ensure_ascii=False), event=event["type"]))
+        await self._emit(encode_data(_dumps(event), event=event["type"]))
 
     async def _chat_chunk(self, chunk: dict[str, Any], event: Event) -> None:
         keep: list[dict[str, Any]] = []
@@ -334,7 +389,9 @@ class _Responder:
             if not isinstance(choice, dict):
                 keep.append(choice)
                 continue
-            index = int(choice.get("index", 0))
+            index = choice.get("index", 0)
+            if not isinstance(index, int):  # malformed: still guarded, as choice 0
+                index = 0
             stream = self.streams.get(index) or self.streams.setdefault(index, GuardedStream(self.guard))
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else None
             holder, key = (delta, "content") if delta is not None else (choice, "text")
@@ -349,7 +406,7 @@ class _Responder:
             if _carries_something(choice, holder, key):
                 keep.append(choice)
         if keep:
-            await self._emit(encode_data(json.dumps({**chunk, "choices": keep}, ensure_ascii=False)))
+            await self._emit(encode_data(_dumps({**chunk, "choices": keep})))
 
     async def _flush_choice(self, chunk: dict[str, Any], index: int, holder: dict[str, Any], key: str) -> None:
         """Before a choice's finish_reason, send what its stream still holds, in a chunk of its
@@ -361,7 +418,7 @@ class _Responder:
         if key in holder:
             holder[key] = ""
         if text:
-            await self._emit(encode_data(json.dumps(_content_chunk(chunk, index, key, text), ensure_ascii=False)))
+            await self._emit(encode_data(_dumps(_content_chunk(chunk, index, key, text))))
 
     async def _finish_streams(self) -> None:
         """The body ended (or [DONE] came) with choices still holding text: release it."""
@@ -371,8 +428,7 @@ class _Responder:
             release = await stream.finish()
             if release.text:
                 template = {"object": "chat.completion.chunk", "choices": []}
-                await self._emit(encode_data(json.dumps(_content_chunk(template, index, "content", release.text),
-                                                        ensure_ascii=False)))
+                await self._emit(encode_data(_dumps(_content_chunk(template, index, "content", release.text))))
 
     async def _block(self, chunk: dict[str, Any], index: int) -> None:
         """End the stream as clients expect: an empty delta with finish_reason content_filter,
@@ -385,7 +441,7 @@ class _Responder:
             choice["delta"] = {}
         else:
             choice["text"] = ""
-        await self._emit(encode_data(json.dumps({**chunk, "choices": [choice]}, ensure_ascii=False)))
+        await self._emit(encode_data(_dumps({**chunk, "choices": [choice]})))
         if self._wants_usage():
             usage = {k: v for k, v in chunk.items() if k in ("id", "object", "created", "model")}
             usage.update(choices=[], usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
@@ -449,6 +505,37 @@ def _answer_fields(payload: Any) -> list[tuple[dict[str, Any], dict[str, Any], s
         elif isinstance(choice.get("text"), str):
             fields.append((choice, choice, "text"))
     return fields
+
+
+def _dumps(payload: Any) -> str:
+    """JSON as compact as the answer was; escaped (still valid JSON) if it holds lone surrogates,
+    which an upstream may send escaped and UTF-8 cannot carry."""
+    text = json.dumps(payload, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(payload)
+    return text
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return _dumps(payload).encode()
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip()
+    return media_type in ("application/json", "text/json") or media_type.endswith("+json")
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID if it is a sane one, else a new one."""
+    for name, value in scope["headers"]:
+        if name.lower() == REQUEST_ID_HEADER:
+            given = str(value.decode("latin-1"))
+            if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
+                return given
+            break
+    return uuid.uuid4().hex
 
 
 def _summary(verdicts: list[Verdict]) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Stage 1: normalise text for matching, keeping a map back to the original offsets.
 
 Matching sees only letters and digits: NFKC folds full-width forms, OpenCC folds Traditional
-to Simplified, case is folded, and everything else (punctuation, spaces, emoji, zero-width and
-other format characters) is dropped outright rather than treated as a separator, so a copy with
-characters spaced out or stuffed with invisible marks normalises to the same string as the
-original. Every normalised character remembers the index of the original character it came
-from, so spans found on the normalised text can be reported in the text the client received.
+to Simplified, case is folded, look-alike letters fold to what they imitate, and everything
+else (punctuation, spaces, emoji, zero-width and other format characters) is dropped outright
+rather than treated as a separator, so a copy with characters spaced out or stuffed with
+invisible marks normalises to the same string as the original. Every normalised character
+remembers the index of the original character it came from, so spans found on the normalised
+text can be reported in the text the client received.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ import opencc
 _to_simplified = opencc.OpenCC("t2s")
 
 # Bump when normalisation changes: an index built with another version would not match.
-NORMALISER_VERSION = 1
+NORMALISER_VERSION = 2
+
+# Look-alikes a copier may swap in so that text reads the same but matches nothing: Cyrillic and
+# Greek letters that look Latin (after case folding), and katakana that look like common Chinese
+# characters (ー for 一, ロ for 口, ...). Each folds to what it imitates.
+LOOKALIKES = str.maketrans({
+    **dict(zip("аеорсхуіјѕһԁԛԝүӏвкмнт", "aeopcxyijshdqwylbkmht", strict=True)),  # Cyrillic
+    **dict(zip("αβεζηικμνορτυχ", "abezhikmvoptux", strict=True)),  # Greek
+    **dict(zip("ーロエカタニハトチ", "一口工力夕二八卜千", strict=True)),  # katakana
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +50,7 @@ class Normalised:
 @lru_cache(maxsize=65536)
 def _fold_char(char: str) -> str:
     """Fold one character the slow way (NFKC, case folding, keep letters and digits only)."""
-    folded = unicodedata.normalize("NFKC", char).casefold()
+    folded = unicodedata.normalize("NFKC", char).casefold().translate(LOOKALIKES)
     return "".join(c for c in folded if c.isalnum())
 
 
@@ -92,6 +102,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
     matchable = np.fromiter((chr(i).isalnum() for i in range(size)), dtype=bool, count=size)
     unstable = np.fromiter(((c := chr(i)) != c.casefold() or not is_normalized("NFKC", c) for i in range(size)),
                            dtype=bool, count=size)
+    unstable[list(LOOKALIKES)] = True
     for code in np.flatnonzero(unstable & ~matchable).tolist():
         matchable[code] = bool(_fold_char(chr(code)))  # e.g. circled digits, compatibility ideographs
     return matchable, unstable

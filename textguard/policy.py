@@ -29,8 +29,14 @@ class Verdict:
     skipped: str | None = None  # why the check could not run, if it could not
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "text": self.text, "checked_chars": self.checked_chars,
-                "matches": [m.to_dict() for m in self.matches], "elapsed_ms": round(self.elapsed_ms, 3)}
+        """The verdict object of the interface contract (`check --json`, the check API); a
+        skipped check also says why."""
+        result: dict[str, Any] = {"verdict": self.verdict, "text": self.text, "checked_chars": self.checked_chars,
+                                  "matches": [m.to_dict() for m in self.matches],
+                                  "elapsed_ms": round(self.elapsed_ms, 3)}
+        if self.skipped is not None:
+            result["skipped"] = self.skipped
+        return result
 
 
 def work_name(match: Match) -> str:

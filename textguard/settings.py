@@ -94,6 +94,34 @@ class Settings:
     """What to do when a check cannot run: pass the text (open) or block it (closed)."""
     redis_timeout_s: float = 0.5
     """Socket connect and read timeout; redis-py's 5 s default would stall requests."""
+    max_check_chars: int = 200_000
+    """Longest answer checked; a longer one is a skipped check (`too_large`): the fail mode decides."""
+
+    # What is kept of what the guard did.
+    audit: Literal["off", "flagged", "all"] = "flagged"
+    """Audit log (a Redis Stream): every non-allow or skipped verdict, every check, or nothing."""
+    audit_max_entries: int = 100_000
+    """The audit stream is trimmed to about this many entries."""
+    audit_text: bool = False
+    """Also log the flagged spans' text (off: the log holds ids, offsets and scores only)."""
+    log_format: Literal["text", "json"] = "text"
+    """Logs on stderr as text lines or JSON lines; both carry the request id."""
+
+    # How the proxy and the check API serve.
+    host: str = "127.0.0.1"
+    """Address the proxy and check API listen on; loopback unless you mean to expose them."""
+    port: int = 8000
+    upstream_url: str | None = None
+    """The OpenAI-compatible server the proxy forwards /v1 to (`--upstream`)."""
+    upstream_connect_timeout_s: float = 5.0
+    upstream_read_timeout_s: float = 300.0
+    """Longest silence from the upstream (between bytes), e.g. while a model thinks."""
+    max_request_bytes: int = 10 * 1024 * 1024
+    """Largest request body accepted (413 beyond it)."""
+    api_check_timeout_ms: float = 2000.0
+    """Time budget of one check through the check API (texts there may be long)."""
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token for the corpus admin endpoints, which exist only when it is set."""
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -126,10 +154,17 @@ class Settings:
             raise ConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
         if self.fail_mode not in ("open", "closed"):
             raise ConfigError(f"fail_mode must be 'open' or 'closed', got {self.fail_mode!r}")
+        if self.audit not in ("off", "flagged", "all"):
+            raise ConfigError(f"audit must be 'off', 'flagged' or 'all', got {self.audit!r}")
         for name in ("num_perm", "window_shingles", "shingle_tokens", "quote_chars",
-                     "mosaic_chars", "block_chars", "max_postings"):
+                     "mosaic_chars", "block_chars", "max_postings", "max_check_chars", "audit_max_entries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_request_bytes", "port"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ConfigError("admin_token must be at least 16 characters long")
         if self.bucket_bits is not None and not 8 <= self.bucket_bits <= 24:
             raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
 

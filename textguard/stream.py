@@ -17,10 +17,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from textguard import telemetry
 from textguard.detect import LookupMemo, Match
 from textguard.guard import Guard
 from textguard.normalise import matchable_chars, normalise
-from textguard.policy import work_name
+from textguard.policy import Verdict, VerdictKind, work_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class GuardedStream:
         self.blocked = False
         self.finished = False
         self.skipped: str | None = None
+        self.elapsed_ms = 0.0  # spent in checks
 
     async def feed(self, delta: str) -> Release:
         """Take the next piece of the answer; returns what may be sent now."""
@@ -82,6 +84,7 @@ class GuardedStream:
         window_start = int(normalised.offsets[released_chars - self._context]) \
             if released_chars > self._context else 0
         verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms, memo=self._memo)
+        self.elapsed_ms += verdict.elapsed_ms
         if verdict.skipped is not None:
             self.skipped = verdict.skipped
             if verdict.verdict == "block":  # fail closed
@@ -119,10 +122,16 @@ class GuardedStream:
             pieces.append(self.text[position:release_to])
             position = release_to
         self._released = position
+        telemetry.HELD_CHARS.observe(len(self.text) - position)
         if self._should_block(len(normalised.text), final):
             self.blocked = True
             return Release("", blocked=True)
         return Release("".join(pieces))
+
+    def summary(self) -> Verdict:
+        """The stream's verdict so far, as a whole answer's would be (for the audit log)."""
+        kind: VerdictKind = "block" if self.blocked else "rewrite" if self.matches else "allow"
+        return Verdict(kind, "", len(self.text), tuple(self.matches), self.elapsed_ms, skipped=self.skipped)
 
     def _is_copy(self, span: Match, continues: bool) -> bool:
         """Flag spans of Q chars or more, the rest of a copy already flagged, and mosaics."""

@@ -1,0 +1,190 @@
+"""The check API: textguard as an HTTP service beside (or without) the proxy.
+
+- `POST /v1/textguard/check` takes `{"text": ...}` and answers with the verdict object of
+  `textguard check --json` (spans, sources, the text after the action).
+- `POST /beta/litellm_basic_guardrail_api` is LiteLLM's Generic Guardrail API, so a LiteLLM
+  proxy can use textguard as a post-call guardrail with configuration alone.
+- `/v1/textguard/corpus/...` (add, remove, stats) exist only when an admin token is set, and
+  demand it as a bearer token.
+- `GET /openapi.json` describes all of it; `GET /healthz` says whether Redis answers; the
+  served app adds Prometheus metrics at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from textguard._http import error_body
+from textguard._redis import REDIS_ERRORS
+from textguard.corpus import Corpus, document_from_record
+from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
+from textguard.guard import Guard
+from textguard.policy import Verdict, work_name
+
+CHECK_PATH = "/v1/textguard/check"
+LITELLM_PATH = "/beta/litellm_basic_guardrail_api"
+CORPUS_PATH = "/v1/textguard/corpus"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(status, message, code), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadRequest(f"the body is not valid JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return payload
+
+
+def _handles_bad_requests(endpoint: Endpoint) -> Endpoint:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except _BadRequest as exc:
+            return error(400, str(exc), "invalid_request")
+        except CorpusInputError as exc:
+            return error(400, str(exc), "invalid_document")
+        except StoreUnavailableError as exc:
+            return error(503, str(exc), "store_unavailable")
+    return wrapped
+
+
+class CheckAPI:
+    """The endpoints, bound to one Guard (and, for the admin endpoints, one Corpus)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.settings = guard.settings
+        self._corpus: Corpus | None = None
+
+    def routes(self) -> list[Route]:
+        routes = [
+            Route(CHECK_PATH, _handles_bad_requests(self.check), methods=["POST"]),
+            Route(LITELLM_PATH, _handles_bad_requests(self.litellm_guardrail), methods=["POST"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/healthz", self.health, methods=["GET"]),
+        ]
+        if self.settings.admin_token:
+            routes += [
+                Route(CORPUS_PATH + "/documents", _handles_bad_requests(self._admin(self.add_documents)),
+                      methods=["POST"]),
+                Route(CORPUS_PATH + "/remove", _handles_bad_requests(self._admin(self.remove_documents)),
+                      methods=["POST"]),
+                Route(CORPUS_PATH + "/stats", self._admin(self.corpus_stats), methods=["GET"]),
+            ]
+        return routes
+
+    async def _check(self, text: str) -> Verdict:
+        return await self.guard.check(text, budget_ms=self.settings.api_check_timeout_ms)
+
+    async def check(self, request: Request) -> Response:
+        payload = await _json_object(request)
+        text = payload.get("text")
+        if not isinstance(text, str):
+            raise _BadRequest("'text' must be a string")
+        verdict = await self._check(text)
+        headers: dict[str, str] = {"x-textguard-verdict": verdict.verdict}
+        if verdict.skipped:
+            headers["x-textguard-skipped"] = verdict.skipped
+        return JSONResponse(verdict.to_dict(), headers=headers)
+
+    async def litellm_guardrail(self, request: Request) -> Response:
+        """LiteLLM's contract: action NONE, GUARDRAIL_INTERVENED (with the rewritten `texts`) or
+        BLOCKED (with `blocked_reason`). Only answers are checked unless the guardrail's
+        `additional_provider_specific_params` set `check_requests`: quoting a protected work in
+        a prompt is the user's act, not the model's."""
+        payload = await _json_object(request)
+        texts = payload.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise _BadRequest("'texts' must be a list of strings")
+        params = payload.get("additional_provider_specific_params") or {}
+        if payload.get("input_type") == "request" and not (isinstance(params, dict) and params.get("check_requests")):
+            return JSONResponse({"action": "NONE"})
+        verdicts = [await self._check(text) for text in texts]
+        blocked = [v for v in verdicts if v.verdict == "block"]
+        if blocked:
+            works = "》《".join(dict.fromkeys(work_name(m) for v in blocked for m in v.matches))
+            reason = f"copies protected works: 《{works}》" if works else "the answer could not be checked"
+            return JSONResponse({"action": "BLOCKED", "blocked_reason": reason})
+        if any(v.verdict == "rewrite" for v in verdicts):
+            return JSONResponse({"action": "GUARDRAIL_INTERVENED", "texts": [v.text for v in verdicts]})
+        return JSONResponse({"action": "NONE"})
+
+    async def health(self, request: Request) -> Response:
+        try:
+            await self.guard.ping()
+        except (*REDIS_ERRORS, OSError, TextGuardError) as exc:
+            return JSONResponse({"status": "degraded", "redis": str(exc) or type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        from textguard._openapi import document  # built on demand: only tools read it
+
+        return JSONResponse(document(admin=bool(self.settings.admin_token)))
+
+    # -- corpus administration --------------------------------------------------------------
+
+    def _admin(self, endpoint: Endpoint) -> Endpoint:
+        expected = f"Bearer {self.settings.admin_token}".encode()
+
+        async def guarded(request: Request) -> Response:
+            given = request.headers.get("authorization", "").strip().encode()
+            if not hmac.compare_digest(given, expected):
+                return error(401, "a valid admin bearer token is required", "unauthorized",
+                             headers={"www-authenticate": "Bearer"})
+            return await endpoint(request)
+        return guarded
+
+    def _corpus_instance(self) -> Corpus:
+        if self._corpus is None:
+            self._corpus = Corpus(self.settings)
+        return self._corpus
+
+    async def _in_thread(self, work: Callable[[Corpus], Any]) -> Any:
+        """Corpus maintenance is blocking (and long): keep it off the event loop."""
+        return await asyncio.to_thread(lambda: work(self._corpus_instance()))
+
+    async def add_documents(self, request: Request) -> Response:
+        payload = await _json_object(request)
+        records = payload.get("documents")
+        if not isinstance(records, list) or not records:
+            raise _BadRequest("'documents' must be a non-empty list of {id, text, ...} objects")
+        documents = [document_from_record(r, f"documents[{i}]") for i, r in enumerate(records)]
+        report = await self._in_thread(lambda corpus: corpus.add(documents))
+        return JSONResponse({"added": report.added, "replaced": report.replaced, "unchanged": report.unchanged,
+                             "characters": report.characters})
+
+    async def remove_documents(self, request: Request) -> Response:
+        payload = await _json_object(request)
+        ids = payload.get("ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise _BadRequest("'ids' must be a non-empty list of document ids")
+        missing = await self._in_thread(lambda corpus: corpus.remove(ids))
+        return JSONResponse({"removed": len(ids) - len(missing), "missing": missing})
+
+    async def corpus_stats(self, request: Request) -> Response:
+        return JSONResponse(await self._in_thread(lambda corpus: corpus.stats()))
+
+    def close(self) -> None:
+        if self._corpus is not None:
+            self._corpus.close()
+            self._corpus = None
