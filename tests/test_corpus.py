@@ -211,8 +211,8 @@ def test_a_writer_whose_lease_was_taken_over_cannot_commit(settings: Settings, r
 def test_bucket_bits_follow_the_corpus_and_the_small_hash_limit(settings: Settings, raw_redis: redis.Redis,
                                                                corpus_records: list[dict]) -> None:
     assert choose_bucket_bits(10_000_000, 512) == 16
-    assert choose_bucket_bits(100_000_000, 512) == 17
-    assert choose_bucket_bits(100_000_000, 128) == 19
+    assert choose_bucket_bits(100_000_000, 512) == 19  # 0.3 entries per char, 64 per bucket
+    assert choose_bucket_bits(100_000_000, 64) == 20  # at most half the server's limit
     assert choose_bucket_bits(10**12, 512) == 24
     limit = int(raw_redis.config_get("hash-max-ziplist-entries")["hash-max-ziplist-entries"])
     guard = Guard(settings)  # started before the index exists: it must learn the bits chosen

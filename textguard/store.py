@@ -63,6 +63,7 @@ SHARDS = 64
 TEXT_ENCODING = "gb18030"  # a complete Unicode encoding, two bytes for common Chinese
 MIN_BUCKET_BITS, MAX_BUCKET_BITS = 16, 24
 ENTRIES_PER_CHAR = 0.3  # band entries per corpus character, a little above the measured 0.26
+TARGET_FILL = 64  # band entries per bucket a new index is sized for
 FALLBACK_SMALL_HASH_LIMIT = 128  # assumed when the server will not say (CONFIG disabled)
 
 # KEYS: bucket key per entry. ARGV: fields blob, postings blob, cap. Appends each posting to
@@ -311,8 +312,10 @@ class Layout:
 
 def choose_bucket_bits(characters: int, small_hash_limit: int) -> int:
     """Bucket bits for an index expected to hold `characters`: buckets then average at most
-    half the small-hash limit, which leaves room for chance and for the corpus to double."""
-    wanted = characters * ENTRIES_PER_CHAR / max(small_hash_limit / 2, 1)
+    TARGET_FILL entries, and at most half the small-hash limit (room for chance and for the
+    corpus to grow). Lookups scan a listpack, so fuller buckets cost Redis CPU per check and
+    per write, while the ~100 bytes each key costs are already small beside 64 entries."""
+    wanted = characters * ENTRIES_PER_CHAR / max(min(TARGET_FILL, small_hash_limit / 2), 1)
     bits = math.ceil(math.log2(wanted)) if wanted > 1 else 0
     return min(max(bits, MIN_BUCKET_BITS), MAX_BUCKET_BITS)
 
