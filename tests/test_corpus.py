@@ -113,7 +113,7 @@ def test_interrupted_write_is_invisible_then_purged(settings: Settings, raw_redi
     writer.lease_seconds = 0  # this writer "dies" right after writing: its lease is over at once
     doc = to_document(record)
     (number,) = writer.begin([(doc.doc_id, doc.meta()["sha256"])])
-    assert number is not None
+    assert isinstance(number, int)
     norm = normalise(record["text"])
     runs, anchors = pipeline.sketch(norm)
     writer.write([StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])], 6)
@@ -192,7 +192,7 @@ def test_a_writer_whose_lease_was_taken_over_cannot_commit(settings: Settings, r
     slow._writer.lease_seconds = 0
     doc = to_document(record)
     (number,) = slow._writer.begin([(doc.doc_id, doc.meta()["sha256"])])
-    assert number is not None
+    assert isinstance(number, int)
     norm = normalise(doc.text)
     runs, anchors = slow._pipeline.sketch(norm)
     staged = StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])

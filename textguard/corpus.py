@@ -258,13 +258,18 @@ class Corpus:
                 fresh.append(doc)
         if not fresh:
             return []
-        numbers = self._writer.begin([(d.doc_id, metas[d.doc_id]["sha256"]) for d in fresh])
+        leases = self._writer.begin([(d.doc_id, metas[d.doc_id]["sha256"]) for d in fresh])
         staged = []
-        for doc, number in zip(fresh, numbers, strict=True):
-            if number is not None:
+        busy = []
+        for doc, lease in zip(fresh, leases, strict=True):
+            if lease == "unchanged":  # another writer committed it since `stored` was read
+                totals["unchanged"] += 1
+            elif lease == "busy":
+                busy.append(doc)
+            else:
                 normalised = normalise(doc.text)
                 runs, anchors = self._pipeline.sketch(normalised)
-                staged.append(StagedDocument(doc.doc_id, number, metas[doc.doc_id], doc.text, runs.keys,
+                staged.append(StagedDocument(doc.doc_id, lease, metas[doc.doc_id], doc.text, runs.keys,
                                              normalised.offsets[anchors]))
         if staged:
             self._writer.write(staged, self.settings.max_postings)
@@ -274,7 +279,7 @@ class Corpus:
                 else:
                     totals["replaced"] += 1
             self.recover()  # purges the versions just replaced
-        return [doc for doc, number in zip(fresh, numbers, strict=True) if number is None]
+        return busy
 
     def add_files(self, paths: Sequence[Path], progress: Callable[[int], object] | None = None, *,
                   workers: int = 1) -> AddReport:

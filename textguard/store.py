@@ -6,7 +6,7 @@ Keys, all under `textguard:v1:<index>` (the format version is part of the name):
     {…}:docs          hash  document id -> internal number (committed documents)
     {…}:live          hash  internal number -> document id (what lookups may return)
     {…}:pending       hash  internal number -> JSON (writes in flight, or to be purged)
-    {…}:writing       hash  document id -> JSON (the version of it being written, by whom)
+    {…}:versions      hash  document id -> JSON (its newest version: number, digest, writer, committed)
     {…}:stats, :seq   counters
     …:{sN}:b<B>       hash  band key (5 bytes) -> postings (8 bytes each: number, offset)
     …:d:<number>      hash  "meta" -> JSON, "t<i>" -> zlib(GB18030) of 4,096-character chunks
@@ -23,9 +23,9 @@ A document becomes visible only when its commit script puts it in `live`; until 
 and postings are invisible. A writer leases the numbers it writes under; one that dies leaves
 `pending` records whose lease runs out, and a later writer claims each (atomically, so one
 purges it) and deletes what it wrote. A writer whose lease was claimed cannot commit. Writers
-that overlap do not write the same version of a document twice (`writing`): besides the work,
-the second copy's postings would take places under the posting cap that the first one's purge
-then frees, losing entries of other documents.
+that overlap never write the same version of a document twice (`versions`, checked as a number
+is leased): besides the work, the second copy's postings would take places under the posting cap
+that the first one's purge then frees, losing entries of other documents.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import redis.asyncio as aredis
@@ -131,7 +131,7 @@ end
 return out
 """.replace("%(shards)d", str(SHARDS))
 
-# KEYS: docs, live, pending, stats, writing. ARGV: id, number, chars, entries, writer. Makes `number` the
+# KEYS: docs, live, pending, stats, versions. ARGV: id, number, chars, entries, writer. Makes `number` the
 # live version of `id`; the version it replaces is queued in pending for purging. Returns it or
 # nil; -1 if this writer no longer holds the lease on `number` (another writer is purging it).
 _COMMIT = """
@@ -141,8 +141,14 @@ local lease = redis.call('HGET', pending, number)
 if not lease then return -1 end
 local record = cjson.decode(lease)
 if record.writer ~= ARGV[5] or record.purging then return -1 end
-local writing = redis.call('HGET', KEYS[5], id)
-if writing and cjson.decode(writing).number == number then redis.call('HDEL', KEYS[5], id) end
+local version = redis.call('HGET', KEYS[5], id)
+if version then
+  local newest = cjson.decode(version)
+  if newest.number == number then
+    newest.committed = true
+    redis.call('HSET', KEYS[5], id, cjson.encode(newest))
+  end
+end
 local old = redis.call('HGET', docs, id)
 redis.call('HSET', docs, id, number)
 redis.call('HSET', live, number, id)
@@ -157,17 +163,18 @@ end
 return false
 """
 
-# KEYS: docs, live, pending. ARGV: id. Takes `id` out of service at once; returns its number.
+# KEYS: docs, live, pending, versions. ARGV: id. Takes `id` out of service at once; returns its number.
 _WITHDRAW = """
 local number = redis.call('HGET', KEYS[1], ARGV[1])
 if not number then return false end
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], number)
 redis.call('HSET', KEYS[3], number, cjson.encode({id = ARGV[1], lease = 0, committed = true}))
 return number
 """
 
-# KEYS: pending, writing. ARGV: number, now, new lease, writer. Takes over a pending record whose
+# KEYS: pending, versions. ARGV: number, now, new lease, writer. Takes over a pending record whose
 # lease is over, so that exactly one writer purges it (and its first writer can no longer commit).
 _CLAIM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -178,33 +185,34 @@ record.lease = tonumber(ARGV[3])
 record.writer = ARGV[4]
 record.purging = true
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
-local writing = redis.call('HGET', KEYS[2], record.id)
-if writing and cjson.decode(writing).number == ARGV[1] then redis.call('HDEL', KEYS[2], record.id) end
+local version = redis.call('HGET', KEYS[2], record.id)
+if version and cjson.decode(version).number == ARGV[1] then redis.call('HDEL', KEYS[2], record.id) end
 return raw
 """
 
-# KEYS: pending, writing. ARGV: now, lease, writer, then (id, number, digest) per document. Leases
-# `number` to this writer for a new version of `id`, unless another writer holds a live lease on
-# the same version (same digest): then it is left to that one. Returns 1 (leased) or 0 per document.
+# KEYS: pending, versions. ARGV: now, lease, writer, then (id, number, digest) per document. Leases
+# `number` to this writer for a new version of `id` (1), unless that version (same digest) is
+# already committed (2) or another writer holds a live lease on it (0: it is left to that one).
 _BEGIN = """
-local pending, writing = KEYS[1], KEYS[2]
+local pending, versions = KEYS[1], KEYS[2]
 local now, lease, writer = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local out = {}
 for i = 4, #ARGV, 3 do
   local id, number, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local current = redis.call('HGET', writing, id)
-  local taken = false
+  local current = redis.call('HGET', versions, id)
+  local state = 1
   if current then
-    local other = cjson.decode(current)
-    taken = other.digest == digest and other.writer ~= writer and tonumber(other.lease) > now
+    local newest = cjson.decode(current)
+    if newest.digest == digest then
+      if newest.committed then state = 2
+      elseif newest.writer ~= writer and tonumber(newest.lease) > now then state = 0 end
+    end
   end
-  if taken then
-    out[#out + 1] = 0
-  else
-    redis.call('HSET', writing, id, cjson.encode({number = number, digest = digest, lease = lease, writer = writer}))
+  if state == 1 then
+    redis.call('HSET', versions, id, cjson.encode({number = number, digest = digest, lease = lease, writer = writer}))
     redis.call('HSET', pending, number, cjson.encode({id = id, lease = lease, writer = writer}))
-    out[#out + 1] = 1
   end
+  out[#out + 1] = state
 end
 return out
 """
@@ -256,7 +264,7 @@ class Layout:
         self.docs = f"{control}:docs"
         self.live = f"{control}:live"
         self.pending = f"{control}:pending"
-        self.writing = f"{control}:writing"
+        self.versions = f"{control}:versions"
         self.stats = f"{control}:stats"
         self.seq = f"{control}:seq"
         self.params = params
@@ -583,17 +591,19 @@ class IndexWriter:
         metas = self.metas([n for _, n in present])
         return {doc_id: meta["sha256"] for (doc_id, _), meta in zip(present, metas, strict=True) if meta}
 
-    def begin(self, versions: Sequence[tuple[str, str]]) -> list[int | None]:
-        """Reserve numbers for new versions (id, content digest), leased to this writer; None for
-        a version another writer is writing now (wait for its commit, or its lease to run out)."""
+    def begin(self, versions: Sequence[tuple[str, str]]) -> list[int | Literal["busy", "unchanged"]]:
+        """Reserve numbers for new versions (id, content digest), leased to this writer; "busy" for
+        a version another writer is writing now (wait for its commit, or its lease to run out),
+        "unchanged" for one already committed."""
         last = int(self._client.incrby(self._layout.seq, len(versions)))
         numbers = list(range(last - len(versions) + 1, last + 1))
         now = time.time()
-        leased = self._begin(keys=[self._layout.pending, self._layout.writing],
+        states = self._begin(keys=[self._layout.pending, self._layout.versions],
                              args=[now, now + self.lease_seconds, self.token,
                                    *(v for (doc_id, digest), n in zip(versions, numbers, strict=True)
                                      for v in (doc_id, n, digest))])
-        return [n if ok else None for n, ok in zip(numbers, leased, strict=True)]
+        return [n if state == 1 else "busy" if state == 0 else "unchanged"
+                for n, state in zip(numbers, states, strict=True)]
 
     def write(self, documents: Sequence[StagedDocument], max_postings: int) -> None:
         """Store the text and postings of uncommitted documents."""
@@ -619,7 +629,7 @@ class IndexWriter:
         Raises StoreUnavailableError, committing none of them, if this writer's lease on any was
         taken over (it outlived `lease_seconds` and another writer is purging what it wrote).
         """
-        keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats, self._layout.writing]
+        keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats, self._layout.versions]
         replies = self._pipelined(self._commit, [
             (keys, [doc.doc_id, doc.number, len(doc.text), distinct(doc.band_keys), self.token])
             for doc in documents])
@@ -647,7 +657,8 @@ class IndexWriter:
 
     def withdraw(self, doc_id: str) -> int | None:
         """Take `doc_id` out of service atomically; its data is purged by `purge`."""
-        number = self._withdraw(keys=[self._layout.docs, self._layout.live, self._layout.pending], args=[doc_id])
+        layout = self._layout
+        number = self._withdraw(keys=[layout.docs, layout.live, layout.pending, layout.versions], args=[doc_id])
         return int(number) if number else None
 
     def stored_text(self, number: int) -> tuple[dict[str, Any], str] | None:
@@ -692,7 +703,7 @@ class IndexWriter:
         for number, raw in self._client.hgetall(self._layout.pending).items():
             if json.loads(raw)["lease"] > now:
                 continue
-            claimed = self._claim(keys=[self._layout.pending, self._layout.writing],
+            claimed = self._claim(keys=[self._layout.pending, self._layout.versions],
                                   args=[number, now, time.time() + self.lease_seconds, self.token])
             if claimed:
                 yield int(number), bool(json.loads(claimed).get("committed"))
