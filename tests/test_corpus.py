@@ -14,9 +14,9 @@ import pytest
 import redis
 from conftest import index_keys, to_document
 
-from textguard import Corpus, Document, Guard, IndexMismatchError, Settings
+from textguard import Corpus, Document, Guard, IndexMismatchError, Settings, StoreUnavailableError
 from textguard.normalise import normalise
-from textguard.store import POSTING, StagedDocument
+from textguard.store import POSTING, StagedDocument, choose_bucket_bits
 
 
 def _copy_of(record: dict, chars: int = 200) -> str:
@@ -111,10 +111,11 @@ def test_interrupted_write_is_invisible_then_purged(settings: Settings, raw_redi
     corpus._prepare()
     writer, pipeline = corpus._writer, corpus._pipeline
     writer.lease_seconds = 0  # this writer "dies" right after writing: its lease is over at once
-    (number,) = writer.begin([record["id"]])
+    doc = to_document(record)
+    (number,) = writer.begin([(doc.doc_id, doc.meta()["sha256"])])
+    assert isinstance(number, int)
     norm = normalise(record["text"])
     runs, anchors = pipeline.sketch(norm)
-    doc = to_document(record)
     writer.write([StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])], 6)
     assert _postings_of(raw_redis, settings, number) > 0
     guard = Guard(settings)
@@ -179,3 +180,49 @@ def test_other_parameters_are_refused(settings: Settings, corpus_records: list[d
     with pytest.raises(IndexMismatchError, match="window"):
         guard.check_sync("任何文字都一样")
     guard.close()
+
+
+def test_a_writer_whose_lease_was_taken_over_cannot_commit(settings: Settings, raw_redis: redis.Redis,
+                                                           corpus_records: list[dict]) -> None:
+    """A writer that outlives its lease finds its document purged by another writer: its commit
+    is refused (never a live document with part of its postings gone)."""
+    record = corpus_records[9]
+    slow = Corpus(settings)
+    slow._prepare()
+    slow._writer.lease_seconds = 0
+    doc = to_document(record)
+    (number,) = slow._writer.begin([(doc.doc_id, doc.meta()["sha256"])])
+    assert isinstance(number, int)
+    norm = normalise(doc.text)
+    runs, anchors = slow._pipeline.sketch(norm)
+    staged = StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])
+    slow._writer.write([staged], settings.max_postings)
+    with Corpus(settings) as other:
+        other._prepare()  # recovers: claims the expired lease and purges what the slow writer wrote
+    assert _postings_of(raw_redis, settings, number) == 0
+    with pytest.raises(StoreUnavailableError, match="lease"):
+        slow._writer.commit([staged])
+    assert _postings_of(raw_redis, settings, number) == 0
+    with Corpus(settings) as corpus:
+        assert list(corpus.list()) == [] and corpus.stats()["pending"] == 0
+    slow.close()
+
+
+def test_bucket_bits_follow_the_corpus_and_the_small_hash_limit(settings: Settings, raw_redis: redis.Redis,
+                                                               corpus_records: list[dict]) -> None:
+    assert choose_bucket_bits(10_000_000, 512) == 16
+    assert choose_bucket_bits(100_000_000, 512) == 19  # 0.3 entries per char, 64 per bucket
+    assert choose_bucket_bits(100_000_000, 64) == 20  # at most half the server's limit
+    assert choose_bucket_bits(10**12, 512) == 24
+    limit = int(raw_redis.config_get("hash-max-ziplist-entries")["hash-max-ziplist-entries"])
+    guard = Guard(settings)  # started before the index exists: it must learn the bits chosen
+    assert guard.check_sync(_copy_of(corpus_records[5]), fail_mode="raise").verdict == "allow"
+    with Corpus(settings) as corpus:
+        corpus.add([to_document(corpus_records[5])], expected_chars=400_000_000)
+        stats = corpus.stats()
+    assert stats["bucket_bits"] == choose_bucket_bits(400_000_000, limit) > 16
+    assert stats["small_hash_limit"] == limit
+    assert guard.check_sync(_copy_of(corpus_records[5]), fail_mode="raise").verdict != "allow"
+    guard.close()
+    with pytest.raises(IndexMismatchError, match="bucket_bits"), Corpus(settings.replace(bucket_bits=16)) as c:
+        c.add([to_document(corpus_records[6])])

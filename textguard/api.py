@@ -18,12 +18,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from textguard._http import error_body
+from textguard._redis import REDIS_ERRORS
 from textguard.corpus import Corpus, document_from_record
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
@@ -132,7 +132,7 @@ class CheckAPI:
     async def health(self, request: Request) -> Response:
         try:
             await self.guard.ping()
-        except (RedisError, OSError, TextGuardError) as exc:
+        except (*REDIS_ERRORS, OSError, TextGuardError) as exc:
             return JSONResponse({"status": "degraded", "redis": str(exc) or type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
 

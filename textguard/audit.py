@@ -18,11 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import redis
-import redis.asyncio as aredis
-from redis.exceptions import RedisError
-
 from textguard import telemetry
+from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
@@ -69,7 +66,7 @@ def entry_fields(verdict: Verdict, route: str, request_id: str, text: str | None
 class AuditLog:
     """The writing side, on the request path's asyncio client."""
 
-    def __init__(self, client: aredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: AsyncClient, settings: Settings) -> None:
         self._client = client
         self._key = stream_key(settings.index)
         self._mode = settings.audit
@@ -86,7 +83,7 @@ class AuditLog:
         fields = entry_fields(verdict, route, telemetry.request_id.get(), text if self._with_text else None)
         try:
             await self._client.xadd(self._key, fields, maxlen=self._max_entries, approximate=True)  # type: ignore[arg-type]
-        except (RedisError, OSError) as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             telemetry.REDIS_ERRORS.inc()
             logger.warning("could not write the audit entry for a %s verdict: %s", verdict.verdict, exc)
 
@@ -94,7 +91,7 @@ class AuditLog:
 class AuditReader:
     """The reading side, for `textguard audit tail` and `textguard audit export`."""
 
-    def __init__(self, client: redis.Redis, index: str) -> None:
+    def __init__(self, client: SyncClient, index: str) -> None:
         self._client = client
         self._key = stream_key(index)
 

@@ -12,11 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import redis
 from tqdm import tqdm
 
 from textguard import telemetry
-from textguard._redis import connect_sync
+from textguard._redis import REDIS_ERRORS, connect_sync
 from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, check_files, documents_in
 from textguard.errors import ConfigError, StoreUnavailableError, TextGuardError
@@ -31,8 +30,8 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textguard",
                                      description="Guard LLM answers against copying a protected corpus.")
-    parser.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (env TEXTGUARD_REDIS_URL); "
-                                            "default: the embedded Redis under --home")
+    parser.add_argument("--redis-url", help="redis://, rediss://, unix:// or redis+cluster://host:port[,host:port...] "
+                                            "URL (env TEXTGUARD_REDIS_URL); default: the embedded Redis under --home")
     parser.add_argument("--home", help="data directory of the embedded Redis (env TEXTGUARD_HOME)")
     parser.add_argument("--index", help="index name inside Redis (env TEXTGUARD_INDEX; default 'default')")
     parser.add_argument("--config", help="TOML settings file (env TEXTGUARD_CONFIG; default ./textguard.toml)")
@@ -44,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     add = corpus.add_parser("add", help="index .txt (one work per file) or .jsonl files")
     add.add_argument("paths", nargs="+", type=Path)
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add.add_argument("--workers", type=_positive, default=1,
+                     help="processes that segment, sketch and write (default 1)")
     remove = corpus.add_parser("remove", help="take documents down (nothing of them stays in Redis)")
     remove.add_argument("ids", nargs="+")
     listing = corpus.add_parser("list", help="list indexed documents")
@@ -80,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         served.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                      "(env TEXTGUARD_PORT; default 8000)")
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -120,7 +128,8 @@ def _corpus(args: argparse.Namespace) -> int:
         total = check_files(args.paths)
         with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
                                                disable=args.quiet, file=sys.stderr) as bar:
-            report = corpus.add(documents_in(args.paths), progress=bar.update)
+            report = corpus.add(documents_in(args.paths), progress=bar.update, workers=args.workers,
+                                expected_chars=total)
         print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
               f"({report.characters:,} characters)")
         return 0
@@ -195,7 +204,7 @@ def _audit(args: argparse.Namespace) -> int:
             count = write_entries(entries, out, args.format)
         print(f"exported {count} audit entries", file=sys.stderr)
         return 0
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise StoreUnavailableError(f"Redis error: {exc}") from exc
     finally:
         client.close()

@@ -3,6 +3,9 @@
 Adding is atomic per document: its text and band entries are written under a fresh internal
 number, and one commit script makes that number live (replacing any earlier version). A writer
 that dies midway leaves only a leased `pending` record; the next writer purges what it wrote.
+So any number of writers, in one process or many, may add at once: `add(workers=N)` runs N
+writer processes, each segmenting, sketching and writing its share of the documents (a
+document id always goes to the same one, so that a later version of it still wins).
 """
 
 from __future__ import annotations
@@ -10,25 +13,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import queue
+import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
-from textguard._redis import connect_sync
-from textguard.errors import CorpusInputError, StoreUnavailableError
+from textguard._redis import REDIS_ERRORS, SyncClient, connect_sync
+from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.normalise import normalise
 from textguard.pipeline import Pipeline
 from textguard.settings import Settings
-from textguard.store import IndexWriter, StagedDocument
+from textguard.store import SHARDS, IndexWriter, StagedDocument, small_hash_limit
 
 logger = logging.getLogger(__name__)
 
 _META_FIELDS = ("title", "author", "work")
 _BATCH_CHARS = 200_000
+_FULL_BUCKETS = 0.75  # of the small-hash limit: past this, buckets start to lose their compact encoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +131,7 @@ def document_from_record(record: Any, where: str) -> Document:
 class Corpus:
     """The protected works in one index. `Corpus()` configures itself as the CLI does."""
 
-    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, client: SyncClient | None = None) -> None:
         self.settings = settings or Settings.load()
         self._pipeline = Pipeline(self.settings)
         self._client = client or connect_sync(self.settings)
@@ -140,19 +147,19 @@ class Corpus:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _prepare(self) -> None:
+    def _prepare(self, expected_chars: int = 0) -> None:
         if not self._ready:
             try:
-                self._writer.ensure_meta()
+                self._writer.ensure_meta(expected_chars)
                 self.recover()
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise StoreUnavailableError(f"Redis error: {exc}") from exc
             self._ready = True
 
     def recover(self) -> int:
         """Purge what writers that died midway left behind; returns how many were purged."""
         purged = 0
-        for number, committed in list(self._writer.expired_pending()):
+        for number, committed in list(self._writer.claim_expired()):
             stored = self._writer.stored_text(number)
             if stored is None:
                 self._writer.purge(number, None, 0, committed)
@@ -167,27 +174,76 @@ class Corpus:
     def _staged_keys(self, text: str) -> np.ndarray:
         return self._pipeline.sketch(normalise(text))[0].keys
 
-    def add(self, documents: Iterable[Document], progress: Callable[[int], object] | None = None) -> AddReport:
-        """Index `documents`: new ids are added, changed texts replace, unchanged ones are skipped."""
-        self._prepare()
+    def add(self, documents: Iterable[Document], progress: Callable[[int], object] | None = None, *,
+            workers: int = 1, expected_chars: int = 0) -> AddReport:
+        """Index `documents`: new ids are added, changed texts replace, unchanged ones are skipped.
+
+        `workers` > 1 segments, sketches and writes in that many processes. `expected_chars`
+        (what is about to be added) sizes a new index's buckets; `add_files` knows it.
+        """
+        self._prepare(expected_chars)
+        if workers > 1:
+            report = _add_in_processes(self.settings, documents, progress, workers)
+        else:
+            report = self._add_here(documents, progress)
+        self._warn_if_buckets_full()
+        return report
+
+    def _add_here(self, documents: Iterable[Document], progress: Callable[[int], object] | None) -> AddReport:
         totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
         batch: list[Document] = []
         batch_chars = 0
+        deferred: list[Document] = []
         try:
             for doc in documents:
                 batch.append(doc)
                 batch_chars += len(doc.text)
                 if batch_chars >= _BATCH_CHARS:
-                    self._add_batch(batch, totals, progress)
+                    deferred += self._add_batch(batch, totals, progress)
                     batch, batch_chars = [], 0
             if batch:
-                self._add_batch(batch, totals, progress)
-        except redis.RedisError as exc:
+                deferred += self._add_batch(batch, totals, progress)
+            self._wait_for_others(deferred, totals)
+        except REDIS_ERRORS as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
         return AddReport(**totals)
 
+    def _warn_if_buckets_full(self) -> None:
+        fill = self._bucket_fill()
+        if fill["entries_per_bucket"] > _FULL_BUCKETS * fill["small_hash_limit"]:
+            logger.warning("band buckets average %.0f entries, near Redis's small-hash limit (%d): memory per "
+                           "character will grow; rebuild into a new index with bucket_bits=%d",
+                           fill["entries_per_bucket"], fill["small_hash_limit"], fill["bucket_bits"] + 1)
+
+    def _bucket_fill(self) -> dict[str, Any]:
+        bits = self._pipeline.layout.bucket_bits or 0
+        entries = self._writer.counters().get("entries", 0)
+        return {"bucket_bits": bits, "entries_per_bucket": round(entries / 2 ** bits, 1),
+                "small_hash_limit": small_hash_limit(self._client)}
+
     def _add_batch(self, batch: list[Document], totals: dict[str, int],
-                   progress: Callable[[int], object] | None) -> None:
+                   progress: Callable[[int], object] | None) -> list[Document]:
+        """Index a batch, counting its characters; returns the documents left to another writer
+        that is writing the same version at this moment (see `_wait_for_others`)."""
+        deferred = self._index(batch, totals)
+        chars = sum(len(d.text) for d in batch)
+        totals["characters"] += chars
+        if progress is not None:
+            progress(chars)
+        return deferred
+
+    def _wait_for_others(self, deferred: list[Document], totals: dict[str, int]) -> None:
+        """Settle the documents other writers were writing: unchanged once their commit lands,
+        written here if their lease runs out first."""
+        deadline = time.monotonic() + self._writer.lease_seconds + 10
+        while deferred:
+            deferred = self._index(deferred, totals)
+            if deferred:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailableError(f"{len(deferred)} document(s) stayed leased to another writer")
+                time.sleep(0.05)  # polls Redis until the other writer commits or its lease ends
+
+    def _index(self, batch: list[Document], totals: dict[str, int]) -> list[Document]:
         latest: dict[str, Document] = {}
         for doc in batch:  # a later line with the same id wins, as a re-add would
             latest.pop(doc.doc_id, None)
@@ -200,14 +256,22 @@ class Corpus:
                 totals["unchanged"] += 1
             else:
                 fresh.append(doc)
-        if fresh:
-            numbers = self._writer.begin([d.doc_id for d in fresh])
-            staged = []
-            for doc, number in zip(fresh, numbers, strict=True):
+        if not fresh:
+            return []
+        leases = self._writer.begin([(d.doc_id, metas[d.doc_id]["sha256"]) for d in fresh])
+        staged = []
+        busy = []
+        for doc, lease in zip(fresh, leases, strict=True):
+            if lease == "unchanged":  # another writer committed it since `stored` was read
+                totals["unchanged"] += 1
+            elif lease == "busy":
+                busy.append(doc)
+            else:
                 normalised = normalise(doc.text)
                 runs, anchors = self._pipeline.sketch(normalised)
-                staged.append(StagedDocument(doc.doc_id, number, metas[doc.doc_id], doc.text, runs.keys,
+                staged.append(StagedDocument(doc.doc_id, lease, metas[doc.doc_id], doc.text, runs.keys,
                                              normalised.offsets[anchors]))
+        if staged:
             self._writer.write(staged, self.settings.max_postings)
             for old in self._writer.commit(staged):
                 if old is None:
@@ -215,15 +279,12 @@ class Corpus:
                 else:
                     totals["replaced"] += 1
             self.recover()  # purges the versions just replaced
-        chars = sum(len(d.text) for d in batch)
-        totals["characters"] += chars
-        if progress is not None:
-            progress(chars)
+        return busy
 
-    def add_files(self, paths: Sequence[Path], progress: Callable[[int], object] | None = None) -> AddReport:
+    def add_files(self, paths: Sequence[Path], progress: Callable[[int], object] | None = None, *,
+                  workers: int = 1) -> AddReport:
         """Index corpus files after checking every line of them, so bad input indexes nothing."""
-        check_files(paths)
-        return self.add(documents_in(paths), progress)
+        return self.add(documents_in(paths), progress, workers=workers, expected_chars=check_files(paths))
 
     def remove(self, doc_ids: Iterable[str]) -> list[str]:
         """Take documents down; returns the ids that were not in the index."""
@@ -234,7 +295,7 @@ class Corpus:
                 if self._writer.withdraw(doc_id) is None:
                     missing.append(doc_id)
             self.recover()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
         return missing
 
@@ -249,11 +310,17 @@ class Corpus:
                     yield {k: v for k, v in meta.items() if k != "sha256"}
 
     def stats(self) -> dict[str, Any]:
-        """documents, characters, windows (band entries), redis_bytes, bytes_per_char, pending."""
+        """documents, characters, windows (band entries), redis_bytes, bytes_per_char, pending,
+        and how full the band buckets are (entries_per_bucket against small_hash_limit)."""
         self._prepare()
-        counters = self._writer.counters()
+        try:
+            counters = self._writer.counters()
+            redis_bytes = self._writer.memory_bytes()
+            fill = self._bucket_fill()
+            pending = self._writer.pending_count()
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailableError(f"Redis error: {exc}") from exc
         characters = counters.get("characters", 0)
-        redis_bytes = self._writer.memory_bytes()
         return {
             "index": self.settings.index,
             "documents": counters["documents"],
@@ -261,6 +328,96 @@ class Corpus:
             "windows": counters.get("entries", 0),
             "redis_bytes": redis_bytes,
             "bytes_per_char": round(redis_bytes / characters, 3) if characters else 0.0,
-            "pending": self._writer.pending_count(),
+            "pending": pending,
+            "shards": SHARDS,
+            **fill,
             "parameters": self._pipeline.layout.record(),
         }
+
+
+def _add_in_processes(settings: Settings, documents: Iterable[Document], progress: Callable[[int], object] | None,
+                      workers: int) -> AddReport:
+    """Hand `documents` to `workers` writer processes in batches; each id always to the same one.
+
+    The processes are spawned (not forked: this process may hold threads and sockets); they
+    report characters done as they go, then their totals. A failing worker stops them all.
+    """
+    context = multiprocessing.get_context("spawn")
+    outbox = context.Queue()
+    inboxes = [context.Queue(maxsize=2) for _ in range(workers)]
+    processes = [context.Process(target=_ingest_worker, args=(settings, inbox, outbox), daemon=True,
+                                 name=f"textguard-ingest-{i}") for i, inbox in enumerate(inboxes)]
+    for process in processes:
+        process.start()
+    reports: list[dict[str, int]] = []
+
+    def drain(wait: float = 0.0) -> None:
+        try:
+            while True:
+                message = outbox.get(timeout=wait) if wait else outbox.get_nowait()
+                wait = 0.0
+                if isinstance(message, int):
+                    if progress is not None:
+                        progress(message)
+                elif isinstance(message, BaseException):
+                    raise message
+                else:
+                    reports.append(message)
+        except queue.Empty:
+            pass
+        for i, process in enumerate(processes):
+            if process.exitcode not in (None, 0):
+                raise StoreUnavailableError(f"ingest worker {i} exited with code {process.exitcode}")
+
+    def hand(worker: int, batch: list[Document] | None) -> None:
+        while True:
+            try:
+                inboxes[worker].put(batch, timeout=0.05)
+                return
+            except queue.Full:
+                drain()
+
+    try:
+        batches: list[list[Document]] = [[] for _ in range(workers)]
+        sizes = [0] * workers
+        for doc in documents:
+            worker = zlib.crc32(doc.doc_id.encode()) % workers
+            batches[worker].append(doc)
+            sizes[worker] += len(doc.text)
+            if sizes[worker] >= _BATCH_CHARS:
+                hand(worker, batches[worker])
+                batches[worker], sizes[worker] = [], 0
+            drain()
+        for worker in range(workers):
+            if batches[worker]:
+                hand(worker, batches[worker])
+            hand(worker, None)
+        while len(reports) < workers:
+            drain(wait=0.2)
+    finally:
+        for process in processes:
+            if process.is_alive() and len(reports) < workers:
+                process.terminate()
+            process.join(timeout=10)
+    return AddReport(**{key: sum(r[key] for r in reports) for key in ("added", "replaced", "unchanged",
+                                                                      "characters")})
+
+
+def _ingest_worker(settings: Settings, inbox: Any, outbox: Any) -> None:
+    """One writer process of `_add_in_processes`: add each batch it is handed, report, repeat."""
+    try:
+        with Corpus(settings) as corpus:
+            corpus._prepare()
+            totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
+            deferred: list[Document] = []
+            try:
+                while (batch := inbox.get()) is not None:
+                    deferred += corpus._add_batch(batch, totals, outbox.put)
+                corpus._wait_for_others(deferred, totals)
+            except REDIS_ERRORS as exc:
+                raise StoreUnavailableError(f"Redis error: {exc}") from exc
+        outbox.put(totals)
+    except TextGuardError as exc:
+        outbox.put(exc)
+    except Exception as exc:  # anything else still reaches the parent as one line
+        outbox.put(StoreUnavailableError(f"ingest worker failed: {type(exc).__name__}: {exc}"))

@@ -10,11 +10,8 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
-import redis.asyncio as aredis
-from redis.exceptions import RedisError
-
 from textguard import telemetry
-from textguard._redis import connect_async
+from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.pipeline import Pipeline
@@ -35,7 +32,7 @@ class Guard:
     running loop.
     """
 
-    def __init__(self, settings: Settings | None = None, *, client: aredis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, client: AsyncClient | None = None) -> None:
         self.settings = settings or Settings.load()
         self.pipeline = Pipeline(self.settings)
         self.policy = Policy(self.settings)
@@ -47,7 +44,7 @@ class Guard:
         self._sync_guard: Guard | None = None
 
     @property
-    def redis(self) -> aredis.Redis:
+    def redis(self) -> AsyncClient:
         """The asyncio client checks use (the audit log writes through it too)."""
         if self._client is None:
             self._client = connect_async(self.settings)
@@ -73,7 +70,7 @@ class Guard:
         logged, not fatal: the fail mode handles it per check until Redis answers."""
         try:
             await self.ping()
-        except (RedisError, OSError, StoreUnavailableError) as exc:
+        except (*REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
             logger.error("Redis is not reachable at start-up (checks will fail %s until it is): %s",
                          self.settings.fail_mode, exc)
 
@@ -98,7 +95,7 @@ class Guard:
                 normalised, matches = await detector.find(text, memo)
         except IndexMismatchError:
             raise
-        except (TimeoutError, RedisError, OSError, StoreUnavailableError) as exc:
+        except (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "redis"
             return self._skip(text, reason, exc, started, mode)
         elapsed = (time.perf_counter() - started) * 1000
@@ -140,6 +137,8 @@ class Guard:
         return asyncio.run_coroutine_threadsafe(coroutine, self._sync_loop).result()
 
     async def aclose(self) -> None:
+        if self._reader is not None:
+            await self._reader.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -33,7 +33,8 @@ def _default_home() -> Path:
 class Settings:
     # Where the index lives.
     redis_url: str | None = None
-    """redis://, rediss://, unix://; None starts the embedded Redis under `home`."""
+    """redis://, rediss://, unix://, redis+cluster://host:port[,host:port...] (rediss+cluster:// for
+    TLS); None starts the embedded Redis under `home`."""
     home: Path = field(default_factory=_default_home)
     """Data directory of the embedded Redis (and anything else kept on disk)."""
     index: str = "default"
@@ -49,8 +50,9 @@ class Settings:
     shingle_tokens: int = 2
     """Tokens per shingle (token n-grams)."""
     seed: int = 1
-    bucket_bits: int = 16
-    """Band entries are spread over 2**bucket_bits Redis hashes; raise it past ~100 M chars."""
+    bucket_bits: int | None = None
+    """Band entries are spread over 2**bucket_bits Redis hashes. None: a new index chooses (16 or
+    more) from the corpus it is created with and Redis's small-hash limit; then the index's own."""
     max_postings: int = 6
     """Documents remembered per band value; commoner values carry no signal."""
     user_dict: Path | None = None
@@ -163,7 +165,7 @@ class Settings:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ConfigError("admin_token must be at least 16 characters long")
-        if not 8 <= self.bucket_bits <= 24:
+        if self.bucket_bits is not None and not 8 <= self.bucket_bits <= 24:
             raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
 
 

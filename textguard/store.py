@@ -6,36 +6,54 @@ Keys, all under `textguard:v1:<index>` (the format version is part of the name):
     {…}:docs          hash  document id -> internal number (committed documents)
     {…}:live          hash  internal number -> document id (what lookups may return)
     {…}:pending       hash  internal number -> JSON (writes in flight, or to be purged)
+    {…}:versions      hash  document id -> JSON (its newest version: number, digest, writer, committed)
     {…}:stats, :seq   counters
     …:{sN}:b<B>       hash  band key (5 bytes) -> postings (8 bytes each: number, offset)
     …:d:<number>      hash  "meta" -> JSON, "t<i>" -> zlib(GB18030) of 4,096-character chunks
 
 The control keys share one hash tag, so that commit and removal are single atomic scripts even
-on Redis Cluster; band buckets carry a shard tag so that lookups can be grouped per shard. Band
-entries are packed into 2**bucket_bits small hashes, which Redis stores as compact listpacks
-(about 18 bytes an entry). Nothing is pickled: postings are fixed-width integers.
+on Redis Cluster. Band buckets carry one of SHARDS shard tags: on a cluster, every script call
+names all its keys and they share one tag (one slot), so a lookup is one script call per shard,
+sent as one pipeline per node. Band entries are packed into 2**bucket_bits small hashes, which
+Redis stores as compact listpacks (about 18 bytes an entry) only while each holds fewer entries
+than the server's small-hash limit; a new index sizes bucket_bits from the corpus it is created
+for and that limit (`choose_bucket_bits`). Nothing is pickled: postings are fixed-width integers.
 
 A document becomes visible only when its commit script puts it in `live`; until then its text
-and postings are invisible, and a writer that dies leaves a `pending` record with a lease, from
-which any later writer purges what it wrote.
+and postings are invisible. A writer leases the numbers it writes under; one that dies leaves
+`pending` records whose lease runs out, and a later writer claims each (atomically, so one
+purges it) and deletes what it wrote. A writer whose lease was claimed cannot commit. Writers
+that overlap never write the same version of a document twice (`versions`, checked as a number
+is leased): besides the work, the second copy's postings would take places under the posting cap
+that the first one's purge then frees, losing entries of other documents.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import struct
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+from redis.commands.core import AsyncScript, Script
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError, MovedError, NoScriptError, ResponseError, TimeoutError
 
+from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient
 from textguard.errors import IndexMismatchError, StoreUnavailableError
 from textguard.sketch import SketchParams
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHUNK_CHARS = 4096
@@ -43,6 +61,10 @@ FIELD_BYTES = 5
 POSTING = struct.Struct(">II")  # internal document number, original character offset
 SHARDS = 64
 TEXT_ENCODING = "gb18030"  # a complete Unicode encoding, two bytes for common Chinese
+MIN_BUCKET_BITS, MAX_BUCKET_BITS = 16, 24
+ENTRIES_PER_CHAR = 0.3  # band entries per corpus character, a little above the measured 0.26
+TARGET_FILL = 64  # band entries per bucket a new index is sized for
+FALLBACK_SMALL_HASH_LIMIT = 128  # assumed when the server will not say (CONFIG disabled)
 
 # KEYS: bucket key per entry. ARGV: fields blob, postings blob, cap. Appends each posting to
 # its field unless present or the field already holds `cap` postings. Returns entries added.
@@ -52,18 +74,19 @@ local added = 0
 for i, key in ipairs(KEYS) do
   local field = string.sub(fields, (i - 1) * 5 + 1, i * 5)
   local posting = string.sub(postings, (i - 1) * 8 + 1, i * 8)
-  local current = redis.call('HGET', key, field)
-  if not current then
-    redis.call('HSET', key, field, posting)
+  if redis.call('HSETNX', key, field, posting) == 1 then
     added = added + 1
-  elseif #current < cap * 8 then
-    local seen = false
-    for j = 1, #current, 8 do
-      if string.sub(current, j, j + 7) == posting then seen = true break end
-    end
-    if not seen then
-      redis.call('HSET', key, field, current .. posting)
-      added = added + 1
+  else
+    local current = redis.call('HGET', key, field)
+    if #current < cap * 8 then
+      local seen = false
+      for j = 1, #current, 8 do
+        if string.sub(current, j, j + 7) == posting then seen = true break end
+      end
+      if not seen then
+        redis.call('HSET', key, field, current .. posting)
+        added = added + 1
+      end
     end
   end
 end
@@ -90,24 +113,42 @@ end
 return removed
 """
 
-# ARGV: key prefix, buckets (4 bytes each), fields blob. One reply per lookup (nil when
-# absent). Key names are built here rather than sent: a check looks up hundreds of them.
+# KEYS: bucket key per lookup (a cluster), or none. ARGV: key prefix, buckets (4 bytes each),
+# fields blob. One reply per lookup (nil when absent). On one Redis the key names are built
+# here rather than sent (a check looks up hundreds); a cluster needs them named, so that the
+# call is routed to their slot and refused (not answered wrongly) while that slot migrates.
 _LOOKUP = """
 local prefix, buckets, fields = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 for i = 1, #buckets / 4 do
-  local bucket = struct.unpack('>I4', buckets, (i - 1) * 4 + 1)
-  local key = prefix .. '{s' .. (bucket % %(shards)d) .. '}:b' .. bucket
+  local key = KEYS[i]
+  if not key then
+    local bucket = struct.unpack('>I4', buckets, (i - 1) * 4 + 1)
+    key = prefix .. '{s' .. (bucket % %(shards)d) .. '}:b' .. bucket
+  end
   out[i] = redis.call('HGET', key, string.sub(fields, (i - 1) * 5 + 1, i * 5)) or false
 end
 return out
 """.replace("%(shards)d", str(SHARDS))
 
-# KEYS: docs, live, pending, stats. ARGV: id, number, chars, entries. Makes `number` the live
-# version of `id`; the version it replaces is queued in pending for purging. Returns it or nil.
+# KEYS: docs, live, pending, stats, versions. ARGV: id, number, chars, entries, writer. Makes `number` the
+# live version of `id`; the version it replaces is queued in pending for purging. Returns it or
+# nil; -1 if this writer no longer holds the lease on `number` (another writer is purging it).
 _COMMIT = """
 local docs, live, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, number = ARGV[1], ARGV[2]
+local lease = redis.call('HGET', pending, number)
+if not lease then return -1 end
+local record = cjson.decode(lease)
+if record.writer ~= ARGV[5] or record.purging then return -1 end
+local version = redis.call('HGET', KEYS[5], id)
+if version then
+  local newest = cjson.decode(version)
+  if newest.number == number then
+    newest.committed = true
+    redis.call('HSET', KEYS[5], id, cjson.encode(newest))
+  end
+end
 local old = redis.call('HGET', docs, id)
 redis.call('HSET', docs, id, number)
 redis.call('HSET', live, number, id)
@@ -122,14 +163,58 @@ end
 return false
 """
 
-# KEYS: docs, live, pending. ARGV: id. Takes `id` out of service at once; returns its number.
+# KEYS: docs, live, pending, versions. ARGV: id. Takes `id` out of service at once; returns its number.
 _WITHDRAW = """
 local number = redis.call('HGET', KEYS[1], ARGV[1])
 if not number then return false end
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], number)
 redis.call('HSET', KEYS[3], number, cjson.encode({id = ARGV[1], lease = 0, committed = true}))
 return number
+"""
+
+# KEYS: pending, versions. ARGV: number, now, new lease, writer. Takes over a pending record whose
+# lease is over, so that exactly one writer purges it (and its first writer can no longer commit).
+_CLAIM = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return false end
+local record = cjson.decode(raw)
+if tonumber(record.lease) > tonumber(ARGV[2]) then return false end
+record.lease = tonumber(ARGV[3])
+record.writer = ARGV[4]
+record.purging = true
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+local version = redis.call('HGET', KEYS[2], record.id)
+if version and cjson.decode(version).number == ARGV[1] then redis.call('HDEL', KEYS[2], record.id) end
+return raw
+"""
+
+# KEYS: pending, versions. ARGV: now, lease, writer, then (id, number, digest) per document. Leases
+# `number` to this writer for a new version of `id` (1), unless that version (same digest) is
+# already committed (2) or another writer holds a live lease on it (0: it is left to that one).
+_BEGIN = """
+local pending, versions = KEYS[1], KEYS[2]
+local now, lease, writer = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  local id, number, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local current = redis.call('HGET', versions, id)
+  local state = 1
+  if current then
+    local newest = cjson.decode(current)
+    if newest.digest == digest then
+      if newest.committed then state = 2
+      elseif newest.writer ~= writer and tonumber(newest.lease) > now then state = 0 end
+    end
+  end
+  if state == 1 then
+    redis.call('HSET', versions, id, cjson.encode({number = number, digest = digest, lease = lease, writer = writer}))
+    redis.call('HSET', pending, number, cjson.encode({id = id, lease = lease, writer = writer}))
+  end
+  out[#out + 1] = state
+end
+return out
 """
 
 
@@ -165,9 +250,13 @@ class DocumentRegion:
 
 
 class Layout:
-    """Key names and the packing of band keys; shared by the reading and the writing side."""
+    """Key names and the packing of band keys; shared by the reading and the writing side.
 
-    def __init__(self, index: str, params: SketchParams, bucket_bits: int,
+    `bucket_bits` None means "whatever the index records" (or, for a new index, what its first
+    writer chooses); `adopt` fills it in from the stored record.
+    """
+
+    def __init__(self, index: str, params: SketchParams, bucket_bits: int | None,
                  extra: dict[str, Any] | None = None) -> None:
         self.base = f"textguard:v{FORMAT_VERSION}:{index}"
         control = "{" + self.base + "}"
@@ -175,12 +264,13 @@ class Layout:
         self.docs = f"{control}:docs"
         self.live = f"{control}:live"
         self.pending = f"{control}:pending"
+        self.versions = f"{control}:versions"
         self.stats = f"{control}:stats"
         self.seq = f"{control}:seq"
         self.params = params
+        self._requested_bits = bucket_bits
         self.bucket_bits = bucket_bits
         self._extra = extra or {}
-        self._bucket_mask = np.uint64((1 << bucket_bits) - 1)
         self._bucket_prefix = f"{self.base}:" + "{s%d}" + ":b%d"
 
     def record(self) -> dict[str, Any]:
@@ -191,16 +281,27 @@ class Layout:
 
     def packed(self, band_keys: np.ndarray) -> tuple[np.ndarray, bytes]:
         """Bucket numbers and the packed 5-byte fields for `band_keys`."""
+        if self.bucket_bits is None:
+            raise RuntimeError("the index's bucket_bits are not known yet (adopt its record first)")
         keys = band_keys.astype(np.uint64)
         fields = (keys >> np.uint64(self.bucket_bits)).astype(">u8").tobytes()
         # keep the low FIELD_BYTES bytes of each big-endian 8-byte value
         packed = np.frombuffer(fields, dtype=np.uint8).reshape(-1, 8)[:, 8 - FIELD_BYTES:].tobytes()
-        return (keys & self._bucket_mask).astype(np.uint32), packed
+        return (keys & np.uint64((1 << self.bucket_bits) - 1)).astype(np.uint32), packed
 
-    def entries(self, band_keys: np.ndarray) -> tuple[list[str], bytes]:
-        """Bucket key names and the packed 5-byte fields for `band_keys`."""
+    def names(self, buckets: Iterable[int]) -> list[str]:
+        return [self._bucket_prefix % (b % SHARDS, b) for b in buckets]
+
+    def entries(self, band_keys: np.ndarray) -> tuple[np.ndarray, list[str], bytes]:
+        """Bucket numbers, bucket key names and the packed 5-byte fields for `band_keys`."""
         buckets, packed = self.packed(band_keys)
-        return [self._bucket_prefix % (b % SHARDS, b) for b in buckets.tolist()], packed
+        return buckets, self.names(buckets.tolist()), packed
+
+    def adopt(self, stored: str | bytes) -> None:
+        """Take bucket_bits from the stored record unless set explicitly; then `check` it."""
+        if self._requested_bits is None:
+            self.bucket_bits = json.loads(stored).get("bucket_bits")
+        self.check(stored)
 
     def check(self, stored: str | bytes | None) -> None:
         """Refuse an index built with other parameters (their hashes would never match)."""
@@ -217,6 +318,125 @@ class Layout:
                 "use the settings it was built with, another --index name, or rebuild it")
 
 
+def choose_bucket_bits(characters: int, small_hash_limit: int) -> int:
+    """Bucket bits for an index expected to hold `characters`: buckets then average at most
+    TARGET_FILL entries, and at most half the small-hash limit (room for chance and for the
+    corpus to grow). Lookups scan a listpack, so fuller buckets cost Redis CPU per check and
+    per write, while the ~100 bytes each key costs are already small beside 64 entries."""
+    wanted = characters * ENTRIES_PER_CHAR / max(min(TARGET_FILL, small_hash_limit / 2), 1)
+    bits = math.ceil(math.log2(wanted)) if wanted > 1 else 0
+    return min(max(bits, MIN_BUCKET_BITS), MAX_BUCKET_BITS)
+
+
+def small_hash_limit(client: SyncClient) -> int:
+    """Entries a hash may hold and stay a compact listpack (Redis 7) or ziplist (Redis 6)."""
+    try:
+        for name in ("hash-max-listpack-entries", "hash-max-ziplist-entries"):
+            value = client.config_get(name).get(name)
+            if value is not None:
+                return int(value)
+    except REDIS_ERRORS as exc:  # CONFIG may be disabled on managed services
+        logger.warning("cannot read the small-hash limit (%s); assuming %d", exc, FALLBACK_SMALL_HASH_LIMIT)
+    return FALLBACK_SMALL_HASH_LIMIT
+
+
+_SHARD_SLOTS = [key_slot(b"s%d" % shard) for shard in range(SHARDS)]  # the slot of hash tag {sN}
+
+
+def by_shard(buckets: np.ndarray) -> list[np.ndarray]:
+    """Indices of `buckets` grouped by shard tag (each group lives in one cluster slot)."""
+    shards = buckets % SHARDS
+    order = np.argsort(shards, kind="stable")
+    cuts = np.flatnonzero(np.diff(shards[order])) + 1
+    return np.split(order, cuts) if len(order) else []
+
+
+def _command(*parts: bytes) -> bytes:
+    """One command in the Redis protocol (RESP)."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+class NodePipelines:
+    """Commands sent straight to the cluster nodes that own their slots: one packed pipeline per
+    node, the nodes at once. The read path's alternative to redis-py's cluster pipeline, which
+    spends more CPU than the lookups themselves (it derives the slot of every key of every
+    command and encodes every argument again); here slots are known and commands pre-packed.
+
+    The topology is the cluster client's. A MOVED reply refreshes it and the batch is sent once
+    more; a NOSCRIPT reply (a restarted node) loads the script and likewise; any other error
+    (a node down, a slot migrating) raises, and the check is skipped, never answered from part
+    of the index. A node that could not be reached has the topology read again before the next
+    batch (a replica may have taken its place).
+    """
+
+    def __init__(self, client: acluster.RedisCluster) -> None:
+        self._client = client
+        self._pools: dict[str, aredis.ConnectionPool] = {}
+        self._stale = False
+
+    async def run(self, calls: Sequence[tuple[int, bytes]], script: AsyncScript | None = None) -> list[Any]:
+        """Replies to `calls` (slot, packed command), in order."""
+        await self._client.initialize()
+        if self._stale:
+            await self._client.nodes_manager.initialize()
+            self._stale = False
+        for attempt in range(2):
+            replies = await self._send(calls)
+            errors = [r for r in replies if isinstance(r, ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 0 and all(isinstance(e, MovedError) for e in errors):
+                await self._client.nodes_manager.initialize()
+            elif attempt == 0 and script is not None and all(isinstance(e, NoScriptError) for e in errors):
+                await self._client.script_load(script.script)
+            else:
+                raise errors[0]
+        raise AssertionError("unreachable")
+
+    async def _send(self, calls: Sequence[tuple[int, bytes]]) -> list[Any]:
+        by_node: dict[str, tuple[acluster.ClusterNode, list[int]]] = {}
+        for i, (slot, _) in enumerate(calls):
+            node = self._client.nodes_manager.get_node_from_slot(slot)
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        replies: list[Any] = [None] * len(calls)
+
+        async def send(node: acluster.ClusterNode, indices: list[int]) -> None:
+            pool = self._pools.get(node.name)
+            if pool is None:
+                pool = self._pools[node.name] = aredis.ConnectionPool(max_connections=64, **node.connection_kwargs)
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await connection.send_packed_command(b"".join(calls[i][1] for i in indices))
+                for i in indices:
+                    try:
+                        replies[i] = await connection.read_response()
+                    except ResponseError as exc:  # the reply was read whole: the connection stays in step
+                        replies[i] = exc
+            except (ConnectionError, TimeoutError, OSError, asyncio.CancelledError):
+                self._stale = True
+                await connection.disconnect()
+                raise
+            finally:
+                await pool.release(connection)
+
+        outcomes = await asyncio.gather(*(send(node, indices) for node, indices in by_node.values()),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return replies
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.disconnect()
+        self._pools.clear()
+
+
+def _evalsha(pipe: Any, script: Script | AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+    # cluster pipelines refuse `evalsha()` but route EVALSHA by its keys when queued directly
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
 def pack_text(text: str) -> list[bytes]:
     return [zlib.compress(text[i:i + CHUNK_CHARS].encode(TEXT_ENCODING), 6)
             for i in range(0, len(text), CHUNK_CHARS)] or [zlib.compress(b"")]
@@ -231,44 +451,82 @@ def _decode(value: bytes | str) -> str:
 
 
 class IndexReader:
-    """The request path: at most two pipelined round trips per check, no writes."""
+    """The request path, no writes: at most two pipelined round trips per check (on a cluster,
+    per node: the pipelines to the nodes run at once)."""
 
-    def __init__(self, client: aredis.Redis, layout: Layout) -> None:
+    def __init__(self, client: AsyncClient, layout: Layout) -> None:
         self._client = client
         self._layout = layout
         self._lookup = client.register_script(_LOOKUP)
+        self._nodes = NodePipelines(client) if isinstance(client, acluster.RedisCluster) else None
+        self._sha = self._lookup.sha.encode()
         self._checked = False
 
-    async def ensure_compatible(self) -> None:
+    async def ensure_compatible(self) -> bool:
+        """Check the index's parameters once; False while there is no index yet (nothing to find).
+
+        Until the index exists it is looked for again at every check, so that a guard started
+        before its corpus learns the parameters the first writer records.
+        """
         if not self._checked:
-            self._layout.check(await self._client.get(self._layout.meta))
+            stored = await self._client.get(self._layout.meta)
+            if stored is None:
+                return False
+            self._layout.adopt(stored)
             self._checked = True
+        return True
 
     async def lookup(self, band_keys: np.ndarray) -> list[Posting]:
-        """Postings of every band key (one script call: one round trip)."""
-        if len(band_keys) == 0:
+        """Postings of every band key: one script call on one Redis; on a cluster, one per shard
+        tag touched, pipelined per node."""
+        if len(band_keys) == 0 or not await self.ensure_compatible():
             return []
         buckets, fields = self._layout.packed(band_keys)
-        replies = await self._lookup(keys=[], args=[self._layout.base + ":", buckets.astype(">u4").tobytes(), fields])
+        prefix = self._layout.base + ":"
+        if self._nodes is not None:
+            groups = by_shard(buckets)
+            field_rows = np.frombuffer(fields, dtype=np.uint8).reshape(-1, FIELD_BYTES)
+            calls = []
+            for group in groups:
+                names = self._layout.names(buckets[group].tolist())
+                calls.append((_SHARD_SLOTS[int(buckets[group[0]]) % SHARDS], _command(
+                    b"EVALSHA", self._sha, b"%d" % len(names), *(n.encode() for n in names), prefix.encode(),
+                    buckets[group].astype(">u4").tobytes(), field_rows[group].tobytes())))
+            replies = [reply for group in await self._nodes.run(calls, self._lookup) for reply in group]
+            runs: Iterable[int] = np.concatenate(groups).tolist()
+        else:
+            replies = await self._lookup(keys=[], args=[prefix, buckets.astype(">u4").tobytes(), fields])
+            runs = range(len(replies))
         hits: list[Posting] = []
-        for run, reply in enumerate(replies):
+        for run, reply in zip(runs, replies, strict=True):
             if reply:
                 for number, offset in POSTING.iter_unpack(reply):
                     hits.append(Posting(run, number, offset))
         return hits
 
+    async def aclose(self) -> None:
+        if self._nodes is not None:
+            await self._nodes.aclose()
+
     async def regions(self, wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion]:
         """Text around the wanted original offsets of live documents (one round trip)."""
         numbers = sorted(wanted)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hmget(self._layout.live, [str(n) for n in numbers])
+        reads = [[self._layout.live, *(str(n) for n in numbers)]]
         chunk_lists: list[list[int]] = []
         for number in numbers:
             chunks = sorted({c for start, end in wanted[number]
                              for c in range(max(start, 0) // CHUNK_CHARS, max(end - 1, 0) // CHUNK_CHARS + 1)})
             chunk_lists.append(chunks)
-            pipe.hmget(self._layout.document(number), ["meta", *(f"t{c}" for c in chunks)])
-        live, *documents = await pipe.execute()
+            reads.append([self._layout.document(number), "meta", *(f"t{c}" for c in chunks)])
+        if self._nodes is not None:
+            encoded = [[part.encode() for part in read] for read in reads]
+            replies = await self._nodes.run([(key_slot(read[0]), _command(b"HMGET", *read)) for read in encoded])
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for key, *fields in reads:
+                pipe.hmget(key, fields)
+            replies = await pipe.execute()
+        live, *documents = replies
         regions: list[DocumentRegion] = []
         for number, is_live, chunks, values in zip(numbers, live, chunk_lists, documents, strict=True):
             if is_live is None or values[0] is None:
@@ -295,22 +553,35 @@ class IndexReader:
 class IndexWriter:
     """Corpus maintenance: atomic per document, safe with several writer processes."""
 
-    def __init__(self, client: redis.Redis, layout: Layout, lease_seconds: float = 120.0) -> None:
+    def __init__(self, client: SyncClient, layout: Layout, lease_seconds: float = 120.0) -> None:
         self._client = client
         self._layout = layout
         self.lease_seconds = lease_seconds
+        self.token = uuid.uuid4().hex  # names this writer in the leases it holds
         self._add = client.register_script(_ADD_POSTINGS)
         self._remove = client.register_script(_REMOVE_POSTINGS)
         self._commit = client.register_script(_COMMIT)
         self._withdraw = client.register_script(_WITHDRAW)
+        self._claim = client.register_script(_CLAIM)
+        self._begin = client.register_script(_BEGIN)
 
-    def ensure_meta(self) -> None:
-        """Create the index record, or refuse an index built with other parameters."""
-        record = json.dumps(self._layout.record(), sort_keys=True)
+    def ensure_meta(self, expected_chars: int = 0) -> None:
+        """Create the index record, or refuse an index built with other parameters.
+
+        A new index without explicit bucket_bits gets them from `expected_chars` (what is about
+        to be added) and the server's small-hash limit.
+        """
         try:
-            self._client.set(self._layout.meta, record, nx=True)
-            self._layout.check(self._client.get(self._layout.meta))
-        except redis.RedisError as exc:
+            stored = self._client.get(self._layout.meta)
+            if stored is None:
+                if self._layout.bucket_bits is None:
+                    self._layout.bucket_bits = choose_bucket_bits(expected_chars, small_hash_limit(self._client))
+                self._client.set(self._layout.meta, json.dumps(self._layout.record(), sort_keys=True), nx=True)
+                stored = self._client.get(self._layout.meta)  # another writer may have been first
+            if stored is None:
+                raise StoreUnavailableError(f"the index record {self._layout.meta!r} vanished as it was written")
+            self._layout.adopt(stored)
+        except REDIS_ERRORS as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
 
     def stored_digests(self, doc_ids: Sequence[str]) -> dict[str, str]:
@@ -320,14 +591,19 @@ class IndexWriter:
         metas = self.metas([n for _, n in present])
         return {doc_id: meta["sha256"] for (doc_id, _), meta in zip(present, metas, strict=True) if meta}
 
-    def begin(self, doc_ids: Sequence[str]) -> list[int]:
-        """Reserve numbers for new versions of `doc_ids`, leased to this writer."""
-        last = int(self._client.incrby(self._layout.seq, len(doc_ids)))
-        numbers = list(range(last - len(doc_ids) + 1, last + 1))
-        lease = time.time() + self.lease_seconds
-        self._client.hset(self._layout.pending, mapping={
-            str(n): json.dumps({"id": doc_id, "lease": lease}) for n, doc_id in zip(numbers, doc_ids, strict=True)})
-        return numbers
+    def begin(self, versions: Sequence[tuple[str, str]]) -> list[int | Literal["busy", "unchanged"]]:
+        """Reserve numbers for new versions (id, content digest), leased to this writer; "busy" for
+        a version another writer is writing now (wait for its commit, or its lease to run out),
+        "unchanged" for one already committed."""
+        last = int(self._client.incrby(self._layout.seq, len(versions)))
+        numbers = list(range(last - len(versions) + 1, last + 1))
+        now = time.time()
+        states = self._begin(keys=[self._layout.pending, self._layout.versions],
+                             args=[now, now + self.lease_seconds, self.token,
+                                   *(v for (doc_id, digest), n in zip(versions, numbers, strict=True)
+                                     for v in (doc_id, n, digest))])
+        return [n if state == 1 else "busy" if state == 0 else "unchanged"
+                for n, state in zip(numbers, states, strict=True)]
 
     def write(self, documents: Sequence[StagedDocument], max_postings: int) -> None:
         """Store the text and postings of uncommitted documents."""
@@ -342,23 +618,47 @@ class IndexWriter:
         postings = np.empty(len(band_keys), dtype=[("n", ">u4"), ("o", ">u4")])
         postings["n"] = np.repeat([d.number for d in documents], [len(d.band_keys) for d in documents])
         postings["o"] = np.concatenate([d.offsets for d in documents])
-        names, fields = self._layout.entries(band_keys)
-        for group in self._groups(names):
-            self._add(keys=[names[i] for i in group],
-                      args=[_take(fields, group, FIELD_BYTES), postings[group].tobytes(), max_postings])
+        buckets, names, fields = self._layout.entries(band_keys)
+        self._pipelined(self._add, [([names[i] for i in group],
+                                     [_take(fields, group, FIELD_BYTES), postings[group].tobytes(), max_postings])
+                                    for group in self._groups(buckets)])
 
     def commit(self, documents: Sequence[StagedDocument]) -> list[int | None]:
-        """Make each document the live version of its id; returns the numbers they replaced."""
-        pipe = self._client.pipeline(transaction=False)
-        keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats]
-        for doc in documents:
-            self._commit(keys=keys, args=[doc.doc_id, doc.number, len(doc.text), distinct(doc.band_keys)],
-                         client=pipe)
-        return [int(old) if old else None for old in pipe.execute()]
+        """Make each document the live version of its id; returns the numbers they replaced.
+
+        Raises StoreUnavailableError, committing none of them, if this writer's lease on any was
+        taken over (it outlived `lease_seconds` and another writer is purging what it wrote).
+        """
+        keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats, self._layout.versions]
+        replies = self._pipelined(self._commit, [
+            (keys, [doc.doc_id, doc.number, len(doc.text), distinct(doc.band_keys), self.token])
+            for doc in documents])
+        lost = [doc.doc_id for doc, reply in zip(documents, replies, strict=True) if reply == -1]
+        if lost:
+            raise StoreUnavailableError(
+                f"the lease on {len(lost)} document(s) ({', '.join(lost[:3])}…) ran out before they were committed; "
+                "add them again")
+        return [int(old) if old else None for old in replies]
+
+    def _pipelined(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run `script` once per call in one pipeline (one round trip per node), reloading it once
+        if a server forgot it (a restarted node). Every script here can safely run twice."""
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                _evalsha(pipe, script, keys, args)
+            try:
+                return list(pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                self._client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def withdraw(self, doc_id: str) -> int | None:
         """Take `doc_id` out of service atomically; its data is purged by `purge`."""
-        number = self._withdraw(keys=[self._layout.docs, self._layout.live, self._layout.pending], args=[doc_id])
+        layout = self._layout
+        number = self._withdraw(keys=[layout.docs, layout.live, layout.pending, layout.versions], args=[doc_id])
         return int(number) if number else None
 
     def stored_text(self, number: int) -> tuple[dict[str, Any], str] | None:
@@ -376,10 +676,10 @@ class IndexWriter:
         next writer's recovery.
         """
         if band_keys is not None and len(band_keys):
-            names, fields = self._layout.entries(band_keys)
+            buckets, names, fields = self._layout.entries(band_keys)
             tag = struct.pack(">I", number)
-            for group in self._groups(names):
-                self._remove(keys=[names[i] for i in group], args=[_take(fields, group, FIELD_BYTES), tag])
+            self._pipelined(self._remove, [([names[i] for i in group], [_take(fields, group, FIELD_BYTES), tag])
+                                           for group in self._groups(buckets)])
         self._client.delete(self._layout.document(number))
         pipe = self._client.pipeline(transaction=True)  # control keys share a slot
         if committed and band_keys is not None:
@@ -389,19 +689,24 @@ class IndexWriter:
         pipe.execute()
 
     @staticmethod
-    def _groups(names: list[str], limit: int = 8192) -> Iterable[list[int]]:
-        """Indices of `names` cut into script-sized batches. (A single Redis runs a script over
-        keys of any slot; on a cluster these would be grouped by shard tag.)"""
-        for start in range(0, len(names), limit):
-            yield list(range(start, min(start + limit, len(names))))
+    def _groups(buckets: np.ndarray, limit: int = 8192) -> Iterator[list[int]]:
+        """Indices of `buckets` by shard tag (one slot each, as a cluster requires of one
+        script call's keys), cut into script-sized batches."""
+        for group in by_shard(buckets):
+            for start in range(0, len(group), limit):
+                yield group[start:start + limit].tolist()
 
-    def expired_pending(self) -> Iterator[tuple[int, bool]]:
-        """Pending numbers whose writer is gone (lease over): (number, was it committed)."""
+    def claim_expired(self) -> Iterator[tuple[int, bool]]:
+        """Pending numbers whose writer is gone (lease over), each claimed by this writer so that
+        no other purges it at the same time: (number, was it committed)."""
         now = time.time()
         for number, raw in self._client.hgetall(self._layout.pending).items():
-            record = json.loads(raw)
-            if record["lease"] <= now:
-                yield int(number), bool(record.get("committed"))
+            if json.loads(raw)["lease"] > now:
+                continue
+            claimed = self._claim(keys=[self._layout.pending, self._layout.versions],
+                                  args=[number, now, time.time() + self.lease_seconds, self.token])
+            if claimed:
+                yield int(number), bool(json.loads(claimed).get("committed"))
 
     def pending_count(self) -> int:
         return int(self._client.hlen(self._layout.pending))
