@@ -193,9 +193,9 @@ def _scan(args: argparse.Namespace) -> int:
     settings = _settings(args)
     options = scan.ScanOptions(args.input, args.out, args.text_field, args.id_field, args.reference_field,
                                args.format, args.workers, args.shard, args.batch)
+    total = scan.count_lines(options)  # (also says at once when the input cannot be read)
     reported = 0
-
-    with tqdm(total=scan.count_lines(options), unit="answer", desc="scanning", disable=args.quiet,
+    with tqdm(total=total, unit="answer", desc="scanning", disable=args.quiet,
               file=sys.stderr) as bar:
         def malformed(entry: scan.Malformed) -> None:
             nonlocal reported

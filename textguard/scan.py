@@ -102,28 +102,32 @@ class RunCounts:
 # ---------------------------------------------------------------- reading
 
 def read_items(options: ScanOptions, stdin: IO[bytes] | None = None) -> Iterator[Item | Malformed]:
-    """The answers of the input (this shard's lines), and a Malformed for each bad line."""
+    """The answers of the input (this shard's lines), and a Malformed for each bad line.
+    An input that cannot be opened raises here, not on the first item."""
     if options.source == "-":
-        yield from _items(options, stdin or sys.stdin.buffer, "")
-        return
-    path = Path(options.source)
+        return _items(options, stdin or sys.stdin.buffer, "")
+    handle = _open(options.source)
+    return _closing(handle, _items(options, handle, Path(options.source).suffix.lower()))
+
+
+def _open(source: str) -> IO[bytes]:
     try:
-        handle = path.open("rb")
+        return Path(source).open("rb")
     except OSError as exc:
-        raise ScanInputError(f"{path}: cannot read ({exc.strerror})") from exc
+        raise ScanInputError(f"{source}: cannot read ({exc.strerror})") from exc
+
+
+def _closing(handle: IO[bytes], items: Iterator[Item | Malformed]) -> Iterator[Item | Malformed]:
     with handle:
-        yield from _items(options, handle, path.suffix.lower())
+        yield from items
 
 
 def count_lines(options: ScanOptions) -> int | None:
     """Lines of this shard (for a progress bar's total); None for standard input."""
     if options.source == "-":
         return None
-    try:
-        with Path(options.source).open("rb") as handle:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-    except OSError:
-        return None
+    with _open(options.source) as handle:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
     index, count = options.shard
     return max(0, (lines - index) // count + 1) if lines >= index else 0
 
@@ -365,10 +369,11 @@ def run_scan(settings: Settings, options: ScanOptions, *, stdin: IO[bytes] | Non
 def _run(settings: Settings, options: ScanOptions, stdin: IO[bytes] | None,
          progress: Callable[[int], object] | None, on_malformed: Callable[[Malformed], object] | None) -> RunCounts:
     counts = RunCounts()
+    entries = read_items(options, stdin)
     done = prepare_output(options.out)
 
     def fresh() -> Iterator[Item]:
-        for entry in read_items(options, stdin):
+        for entry in entries:
             if isinstance(entry, Malformed):
                 counts.malformed.append(entry)
                 if progress is not None:
