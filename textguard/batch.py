@@ -87,12 +87,13 @@ class BatchedReader(IndexReader):
         by_key: dict[int, list[Posting]] = {}
         for posting in postings:
             by_key.setdefault(posting.run, []).append(posting)
-        found = np.fromiter(by_key, dtype=np.int64, count=len(by_key))
+        hit = np.zeros(len(keys), dtype=bool)  # which of the merged keys have postings
+        hit[list(by_key)] = True
         for band_keys, future in lookups:
             positions = np.searchsorted(keys, band_keys)
             own: list[Posting] = []
-            for run in np.flatnonzero(np.isin(positions, found)).tolist():
-                own.extend(Posting(run, p.number, p.offset) for p in by_key[int(positions[run])])
+            for run in np.flatnonzero(hit[positions]).tolist():
+                own += [Posting(run, p.number, p.offset) for p in by_key[int(positions[run])]]
             _settle(future, own)
 
     async def _send_fetches(self, fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]]) -> None:
