@@ -75,14 +75,18 @@ def build_answers(documents: Sequence[Document], count: int, chars: int) -> list
     with (DATA / ANSWERS_FILE).open(encoding="utf-8") as handle:
         chats = [r["text"] for r in map(json.loads, handle) if r.get("cjk_ratio", 1.0) >= MIN_CJK_RATIO]
     rng = random.Random(SEED)
-    stream = itertools.cycle(chats)
     long_documents = [d for d in documents if len(d.text) > chars + 100]
-    answers = []
-    for i in range(count):
-        text = ""
-        while len(text) < chars:
-            text += next(stream) + "\n\n"
-        kind = i % 10
+    seen: set[str] = set()
+    answers: list[str] = []
+    while len(answers) < count:
+        first = rng.randrange(len(chats))
+        text = "\n\n".join(itertools.islice(itertools.cycle(chats), first, first + 1 + 2 * chars // 200))
+        skip = rng.randrange(max(1, len(text) - 2 * chars))  # start anywhere: no two answers alike
+        text = text[skip:skip + chars]
+        if len(text) < chars or text in seen:
+            continue
+        seen.add(text)
+        kind = len(answers) % 10
         if kind < 6:
             answers.append(text[:chars])
             continue

@@ -16,7 +16,7 @@ from test_cli import run
 
 from textguard import Settings
 from textguard.normalise import normalise
-from textguard.scan import Malformed, ScanOptions, read_items, read_results, run_scan, summarise
+from textguard.scan import Malformed, ScanError, ScanOptions, read_items, read_results, run_scan, summarise
 
 FRONT = "谢谢你的提问。关于这个问题，我先说说自己的理解，再引一段原文给你参考："
 BACK = "以上就是我找到的内容，仅供参考。如果你还想了解作者的生平或者写作背景，欢迎继续提问。"
@@ -206,6 +206,10 @@ def test_unusable_arguments_are_one_line_errors(indexed: Settings, tmp_path: Pat
     missing = run(indexed, "scan", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl"))
     assert missing.returncode == 1 and missing.stderr.strip().startswith("textguard: error:")
     assert "cannot read" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
-    with pytest.raises(Exception, match="shard"):
+    with pytest.raises(ScanError, match="shard"):
         ScanOptions("x", tmp_path / "o.jsonl", shard=(4, 3))
     assert run(indexed, "scan", "x", "--out", "o", "--shard", "0/2").returncode == 2
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "output": "一个回答"}])
+    down = run(indexed, "scan", str(source), "--out", str(tmp_path / "o.jsonl"),
+               extra_env={"TEXTGUARD_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1 and "redis" in down.stderr

@@ -20,6 +20,7 @@ from textguard.settings import Settings
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+_MALFORMED_SHOWN = 20  # malformed input lines named on stderr; the summary counts them all
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,10 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     scanning.add_argument("--id-field", default="id", help="field holding the id (default: id; else the line number)")
     scanning.add_argument("--reference-field", help="field holding the true continuation (probes: 'reference')")
     scanning.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto",
-                      help="input format (default: by file name, else by the first line)")
+                          help="input format (default: by file name, else by the first line)")
     scanning.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     scanning.add_argument("--shard", type=_shard, default=(1, 1), metavar="I/N",
-                      help="scan only every N-th line from line I (1 <= I <= N), to split a file across machines")
+                          help="scan only every N-th line from line I (1 <= I <= N), to split a file across machines")
     scanning.add_argument("--batch", type=int, default=64, help="answers checked together (default 64)")
     scanning.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -194,6 +195,7 @@ def _scan(args: argparse.Namespace) -> int:
     options = scan.ScanOptions(args.input, args.out, args.text_field, args.id_field, args.reference_field,
                                args.format, args.workers, args.shard, args.batch)
     total = scan.count_lines(options)  # (also says at once when the input cannot be read)
+    scan.ensure_ready(settings).close()  # and when Redis or the index cannot be used
     reported = 0
     with tqdm(total=total, unit="answer", desc="scanning", disable=args.quiet,
               file=sys.stderr) as bar:
@@ -213,9 +215,6 @@ def _scan(args: argparse.Namespace) -> int:
         report.write_report(args.report, scan.read_results(options.out), summary, source=args.input)
     print(json.dumps(summary, ensure_ascii=False) if args.json else scan.format_summary(summary))
     return 0
-
-
-_MALFORMED_SHOWN = 20
 
 
 def _probe(args: argparse.Namespace) -> int:

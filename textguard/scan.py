@@ -49,8 +49,9 @@ InputFormat = Literal["auto", "jsonl", "text"]
 Record = dict[str, Any]  # one result line
 
 
-class ScanInputError(TextGuardError):
-    """The scan's input or output cannot be used at all (not one bad line: those are skipped)."""
+class ScanError(TextGuardError):
+    """The scan cannot go on: its input or output cannot be used (one bad line is only skipped),
+    or a worker's check failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +70,9 @@ class ScanOptions:
     def __post_init__(self) -> None:
         index, count = self.shard
         if not 1 <= index <= count:
-            raise ScanInputError(f"shard {index}/{count}: expected I/N with 1 <= I <= N")
+            raise ScanError(f"shard {index}/{count}: expected I/N with 1 <= I <= N")
         if self.workers < 1 or self.batch < 1:
-            raise ScanInputError("workers and batch must be at least 1")
+            raise ScanError("workers and batch must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ def _open(source: str) -> IO[bytes]:
     try:
         return Path(source).open("rb")
     except OSError as exc:
-        raise ScanInputError(f"{source}: cannot read ({exc.strerror})") from exc
+        raise ScanError(f"{source}: cannot read ({exc.strerror})") from exc
 
 
 def _closing(handle: IO[bytes], items: Iterator[Item | Malformed]) -> Iterator[Item | Malformed]:
@@ -148,7 +149,7 @@ def _items(options: ScanOptions, handle: IO[bytes], suffix: str) -> Iterator[Ite
                     break
             form = "jsonl" if first and first[-1][1].lstrip().startswith(b"{") else "text"
     if form == "text" and options.reference_field:
-        raise ScanInputError("a reference field needs JSON Lines input")
+        raise ScanError("a reference field needs JSON Lines input")
     index, count = options.shard
     parse = _json_item if form == "jsonl" else _text_item
     for number, raw in chain(first, lines):
@@ -223,7 +224,7 @@ def prepare_output(path: Path) -> set[str]:
             if end < len(data):
                 handle.truncate(end)
     except OSError as exc:
-        raise ScanInputError(f"{path}: cannot update ({exc.strerror})") from exc
+        raise ScanError(f"{path}: cannot update ({exc.strerror})") from exc
     return {result_key(record["id"]) for record in read_results(path)}
 
 
@@ -314,7 +315,10 @@ def _start_worker(settings: Settings, min_run: int) -> None:
 
 def _scan_in_worker(items: list[Item]) -> list[dict[str, Any]]:
     assert _worker is not None
-    return _worker.scan(items)
+    try:
+        return _worker.scan(items)
+    except TextGuardError as exc:  # (re-raised in the parent; a plain message survives pickling)
+        raise ScanError(str(exc)) from None
 
 
 def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
@@ -358,12 +362,23 @@ def run_scan(settings: Settings, options: ScanOptions, *, stdin: IO[bytes] | Non
              progress: Callable[[int], object] | None = None,
              on_malformed: Callable[[Malformed], object] | None = None) -> RunCounts:
     """Scan `options.source` into `options.out` (appending to what a stopped run left there)."""
-    guard = Guard(settings)  # fails fast on a wrong index or an unreachable Redis, and keeps an embedded one up
+    guard = ensure_ready(settings)  # and keep an embedded Redis up while workers come and go
     try:
-        guard.check_sync("", fail_mode="raise")
         return _run(settings, options, stdin, progress, on_malformed)
     finally:
         guard.close()
+
+
+def ensure_ready(settings: Settings) -> Guard:
+    """A Guard that has reached the index: raises at once on an unreachable Redis or an index
+    built with other parameters, rather than in the first batch of a long scan."""
+    guard = Guard(settings)
+    try:
+        guard.check_sync("", fail_mode="raise")
+    except BaseException:
+        guard.close()
+        raise
+    return guard
 
 
 def _run(settings: Settings, options: ScanOptions, stdin: IO[bytes] | None,
@@ -393,7 +408,7 @@ def _run(settings: Settings, options: ScanOptions, stdin: IO[bytes] | None,
     try:
         out = options.out.open("a", encoding="utf-8")
     except OSError as exc:
-        raise ScanInputError(f"{options.out}: cannot write ({exc.strerror})") from exc
+        raise ScanError(f"{options.out}: cannot write ({exc.strerror})") from exc
     with out:
         for records in execute(settings, options, _batches(fresh(), options.batch)):
             out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
