@@ -73,7 +73,7 @@ def scanned(indexed: Settings, corpus_records: list[dict], negative_records: lis
 
 
 def open_report(browser: WebDriver, records: list[dict], path: Path) -> None:
-    path.write_text(render(records, summarise(records), source="答案.jsonl"), encoding="utf-8")
+    path.write_text(render(records, summarise(records, quote_chars=50), source="答案.jsonl"), encoding="utf-8")
     browser.get_log("browser"), browser.get_log("performance")  # drop what earlier pages logged
     browser.get(path.as_uri())
     WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#flagged tbody tr"))

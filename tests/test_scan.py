@@ -106,7 +106,7 @@ def test_verdicts_and_metrics_of_a_generated_file(indexed: Settings, corpus_reco
         assert negative["verdict"] == "allow" and negative["metrics"]["longest_run"] < 13
         assert "answer" not in negative or not negative["matches"]
 
-    summary = summarise(results)
+    summary = summarise(results, quote_chars=indexed.quote_chars)
     assert summary["answers"] == 15 and summary["verdicts"] == {"allow": 13, "rewrite": 1, "block": 1}
     assert summary["rates"] == {"rewrite": round(1 / 15, 4), "block": round(1 / 15, 4), "flagged": round(2 / 15, 4)}
     buckets = {b["label"]: b["answers"] for b in summary["longest_run"]["buckets"]}

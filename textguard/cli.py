@@ -208,7 +208,7 @@ def _scan(args: argparse.Namespace) -> int:
                 bar.write("textguard: further malformed lines are counted in the summary", file=sys.stderr)
 
         counts = scan.run_scan(settings, options, progress=bar.update, on_malformed=malformed)
-    summary = scan.summarise(scan.read_results(options.out), counts, settings.quote_chars)
+    summary = scan.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars)
     summary_path = args.summary or options.out.with_name(options.out.stem + ".summary.json")
     summary_path.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.report:

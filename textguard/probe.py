@@ -19,6 +19,7 @@ from textguard.corpus import Corpus
 from textguard.errors import TextGuardError
 from textguard.guard import Guard
 from textguard.settings import Settings
+from textguard.store import DocumentRegion
 
 PROMPT = "请接着下面这段文字往下写，直接续写原文，不要解释：\n\n{prefix}"
 _SNAP_CHARS = 200  # how far a sampled start moves forward to the next sentence start
@@ -78,7 +79,7 @@ def make_probes(settings: Settings, count: int, prefix_chars: int, reference_cha
     return probes
 
 
-async def _read(settings: Settings, spans: list[tuple[str, int, int]]) -> list[Any]:
+async def _read(settings: Settings, spans: list[tuple[str, int, int]]) -> list[DocumentRegion | None]:
     guard = Guard(settings)
     try:
         return await guard.source_passages(spans)

@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -41,6 +41,9 @@ CONTEXT_CHARS = 60
 """Source text kept on each side of the copied stretch, for showing it in the report."""
 LONGEST_RUN_EDGES = (1, 13, 25, 50, 100, 200, 500)
 """Bucket edges of the longest-run distribution (normalised characters)."""
+REDIS_TIMEOUT_S = 30.0
+"""Socket timeout of a scan's reads: a batch's replies are large, and no one waits on one answer,
+so a slow reply (a busy server) should not stop a scan the way it fails a request fast."""
 _MALFORMED_KEPT = 100  # malformed line numbers listed in the summary
 _TOP_WORKS = 20
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -199,7 +202,7 @@ def result_key(item_id: Any) -> str:
     return json.dumps(item_id, ensure_ascii=False)
 
 
-def read_results(path: Path) -> Iterator[dict[str, Any]]:
+def read_results(path: Path) -> Iterator[Record]:
     """The result records of an output file (a torn last line is left out)."""
     if not path.exists():
         return
@@ -232,28 +235,28 @@ class BatchScanner:
     """Checks batches of answers and builds their result records (one per worker process)."""
 
     def __init__(self, settings: Settings, min_run: int = MIN_RUN) -> None:
-        self._guard = Guard(settings)
+        self._guard = Guard(settings.replace(redis_timeout_s=max(settings.redis_timeout_s, REDIS_TIMEOUT_S)))
         self._min_run = min_run
         self._loop = asyncio.new_event_loop()
 
-    def scan(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+    def scan(self, items: Sequence[Item]) -> list[Record]:
         return self._loop.run_until_complete(self._scan(items))
 
-    async def _scan(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+    async def _scan(self, items: Sequence[Item]) -> list[Record]:
         verdicts = await self._guard.check_many([item.text for item in items], fail_mode="raise")
         stretches = [_stretches(verdict) for verdict in verdicts]
         wanted = [(doc_id, start - CONTEXT_CHARS, end + CONTEXT_CHARS)
-                  for found in stretches for doc_id, (start, end, _) in found.items()]
+                  for found in stretches for doc_id, (start, end) in found.items()]
         passages = iter(await self._guard.source_passages(wanted) if wanted else [])
-        return [self._record(item, verdict, {doc_id: (start, end, matches, next(passages))
-                                             for doc_id, (start, end, matches) in found.items()})
+        return [self._record(item, verdict, {doc_id: (start, end, next(passages))
+                                             for doc_id, (start, end) in found.items()})
                 for item, verdict, found in zip(items, verdicts, stretches, strict=True)]
 
     def _record(self, item: Item, verdict: Verdict,
-                sources: dict[str, tuple[int, int, list[Match], DocumentRegion | None]]) -> dict[str, Any]:
+                sources: dict[str, tuple[int, int, DocumentRegion | None]]) -> Record:
         normalised = normalise(item.text)
         found = [*verdict.matches, *verdict.quotations]
-        record: dict[str, Any] = {
+        record: Record = {
             "id": item.id, "line": item.line, "verdict": verdict.verdict, "checked_chars": verdict.checked_chars,
             "matches": [_match_record(m) for m in verdict.matches],
             "quotations": [_match_record(m) for m in verdict.quotations]}
@@ -262,7 +265,7 @@ class BatchScanner:
                                    "longest_run": 0, "lcs": 0, "rouge_l": 0.0, "acs": 0, "reference_chars": 0,
                                    "doc_id": None}
         shown = []
-        for doc_id, (start, end, _, region) in sources.items():  # best-matching document first
+        for doc_id, (start, end, region) in sources.items():  # best-matching document first
             if region is None:
                 continue  # taken down since the check
             inner = region.text[start - region.start:end - region.start]
@@ -293,13 +296,13 @@ def _match_record(match: Match) -> dict[str, Any]:
     return {**match.to_dict(), "chars": match.chars}
 
 
-def _stretches(verdict: Verdict) -> dict[str, tuple[int, int, list[Match]]]:
+def _stretches(verdict: Verdict) -> dict[str, tuple[int, int]]:
     """Per document found, the source stretch its matches span; most matched characters first."""
     by_doc: dict[str, list[Match]] = {}
     for match in (*verdict.matches, *verdict.quotations):
         by_doc.setdefault(match.doc_id, []).append(match)
     ranked = sorted(by_doc.items(), key=lambda item: -sum(m.chars for m in item[1]))
-    return {doc_id: (min(m.source_start for m in matches), max(m.source_end for m in matches), matches)
+    return {doc_id: (min(m.source_start for m in matches), max(m.source_end for m in matches))
             for doc_id, matches in ranked}
 
 
@@ -313,7 +316,7 @@ def _start_worker(settings: Settings, min_run: int) -> None:
     _worker = BatchScanner(settings, min_run)
 
 
-def _scan_in_worker(items: list[Item]) -> list[dict[str, Any]]:
+def _scan_in_worker(items: list[Item]) -> list[Record]:
     assert _worker is not None
     try:
         return _worker.scan(items)
@@ -322,13 +325,8 @@ def _scan_in_worker(items: list[Item]) -> list[dict[str, Any]]:
 
 
 def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    remaining = iter(items)
+    while batch := list(islice(remaining, size)):
         yield batch
 
 
@@ -346,7 +344,7 @@ def _in_workers(settings: Settings, options: ScanOptions, batches: Iterator[list
     # spawn, not fork: the parent runs threads (progress bar, Redis client) that a fork would copy mid-state
     pool = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(settings, options.min_run))
-    pending: deque[Future[list[dict[str, Any]]]] = deque()
+    pending: deque[Future[list[Record]]] = deque()
     try:
         for batch in batches:
             pending.append(pool.submit(_scan_in_worker, batch))
@@ -421,8 +419,7 @@ def _run(settings: Settings, options: ScanOptions, stdin: IO[bytes] | None,
 
 # ---------------------------------------------------------------- summary
 
-def summarise(records: Iterable[dict[str, Any]], counts: RunCounts | None = None,
-              quote_chars: int = 50) -> dict[str, Any]:
+def summarise(records: Iterable[Record], counts: RunCounts | None = None, *, quote_chars: int) -> dict[str, Any]:
     """Totals over result records: verdict rates, the longest-run distribution, most-copied works,
     and for probes (records with reference metrics) the literal-copying rate."""
     verdicts: Counter[str] = Counter()
