@@ -8,7 +8,7 @@ import random
 import pytest
 import redis
 
-from textguard import CheckSkipped, Guard, Settings, Verdict
+from textguard import CheckSkipped, Guard, Settings, Verdict, batch
 from textguard.normalise import normalise
 
 
@@ -50,6 +50,19 @@ def test_check_many_gives_the_verdicts_of_single_checks(indexed: Settings, corpu
     assert [v.text for v in batch] == [v.text for v in singles]
     kinds = {v.verdict for v in batch}
     assert kinds == {"allow", "rewrite", "block"}, "the mix should exercise every verdict"
+
+
+def test_lookups_cut_into_several_scripts_give_the_same_verdicts(
+        indexed: Settings, corpus_records: list[dict], negative_records: list[dict], raw_redis: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = mixed_answers(corpus_records, negative_records, 30)
+    singles, whole = asyncio.run(_singles_and_batch(indexed, texts))
+    monkeypatch.setattr(batch, "SCRIPT_KEYS", 100)
+    before = _calls(raw_redis, "evalsha")
+    _, cut = asyncio.run(_singles_and_batch(indexed, texts))
+    assert _calls(raw_redis, "evalsha") - before > len(texts) + 3  # 30 single lookups, then several scripts
+    assert [(v.verdict, v.matches) for v in cut] == [(v.verdict, v.matches) for v in whole] == [
+        (v.verdict, v.matches) for v in singles]
 
 
 def test_check_many_makes_one_lookup_round_trip(indexed: Settings, raw_redis: redis.Redis,

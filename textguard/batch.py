@@ -22,6 +22,10 @@ from textguard.store import DocumentRegion, IndexReader, Layout, Posting, cut_re
 T = TypeVar("T")
 Wanted = dict[int, list[tuple[int, int]]]
 
+SCRIPT_KEYS = 8192
+"""Band keys per lookup script: a batch's lookups go out as several scripts at once (still one
+round trip), so that none holds Redis, single-threaded, long enough to delay live checks."""
+
 
 class BatchedReader(IndexReader):
     """An IndexReader whose reads, made by the checks of one `run`, reach Redis together."""
@@ -79,14 +83,16 @@ class BatchedReader(IndexReader):
         if not lookups:
             return
         keys = np.unique(np.concatenate([k for k, _ in lookups]))
+        starts = range(0, len(keys), SCRIPT_KEYS)
         try:
-            postings = await super().lookup(keys)
+            replies = await asyncio.gather(*(IndexReader.lookup(self, keys[i:i + SCRIPT_KEYS]) for i in starts))
         except BaseException as exc:  # every waiting check sees the failure of the shared read
             _fail(lookups, exc)
             raise
         by_key: dict[int, list[Posting]] = {}
-        for posting in postings:
-            by_key.setdefault(posting.run, []).append(posting)
+        for start, postings in zip(starts, replies, strict=True):
+            for posting in postings:
+                by_key.setdefault(start + posting.run, []).append(posting)
         hit = np.zeros(len(keys), dtype=bool)  # which of the merged keys have postings
         hit[list(by_key)] = True
         for band_keys, future in lookups:
