@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from textguard import telemetry
+from textguard import probe, report, scan, telemetry
 from textguard._redis import REDIS_ERRORS, connect_sync
 from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, check_files, documents_in
@@ -25,6 +25,7 @@ from textguard.settings import Settings
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+_MALFORMED_SHOWN = 20  # malformed input lines named on stderr; the summary counts them all
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +81,44 @@ def _parser() -> argparse.ArgumentParser:
         served.add_argument("--host", help="address to listen on (env TEXTGUARD_HOST; default 127.0.0.1)")
         served.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                      "(env TEXTGUARD_PORT; default 8000)")
+
+    scanning = commands.add_parser("scan", help="check every answer of a file (JSON Lines, or one answer a line)")
+    scanning.add_argument("input", help="a .jsonl file, a text file with one answer a line, or - for standard input")
+    scanning.add_argument("--out", required=True, type=Path, help="result lines (JSON Lines); a rerun resumes it")
+    scanning.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
+    scanning.add_argument("--summary", type=Path, help="summary JSON (default: next to --out, as NAME.summary.json)")
+    scanning.add_argument("--json", action="store_true", help="print the summary as JSON")
+    scanning.add_argument("--text-field", default="output", help="field holding the answer (default: output)")
+    scanning.add_argument("--id-field", default="id", help="field holding the id (default: id; else the line number)")
+    scanning.add_argument("--reference-field", help="field holding the true continuation (probes: 'reference')")
+    scanning.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto",
+                          help="input format (default: by file name, else by the first line)")
+    scanning.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    scanning.add_argument("--shard", type=_shard, default=(1, 1), metavar="I/N",
+                          help="scan only every N-th line from line I (1 <= I <= N), to split a file across machines")
+    scanning.add_argument("--batch", type=int, default=64, help="answers checked together (default 64)")
+    scanning.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    probe_parser = commands.add_parser("probe", help="memorisation probes")
+    probes = probe_parser.add_subparsers(dest="action", required=True)
+    make = probes.add_parser("make", help="write prompts asking a model to continue corpus passages (JSON Lines)")
+    make.add_argument("--n", type=int, required=True, help="number of prompts")
+    make.add_argument("--prefix-chars", type=int, required=True, help="characters of the passage shown")
+    make.add_argument("--reference-chars", type=int, default=200, help="characters of true continuation kept")
+    make.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _shard(value: str) -> tuple[int, int]:
+    index, _, count = value.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, got {value!r}") from None
+    if not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, got {value!r}")
+    return shard
+
 
 
 def _positive(value: str) -> int:
@@ -112,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(_settings(args))
             return 0
+        if args.command == "scan":
+            return _scan(args)
+        if args.command == "probe":
+            return _probe(args)
         return _check(args)
     except TextGuardError as exc:
         print(f"textguard: error: {exc}", file=sys.stderr)
@@ -255,6 +297,39 @@ def _print_verdict(text: str, verdict: Verdict, colour: bool) -> None:
             print(f"  …{before}{mark[0]}{text[m.start:m.end]}{mark[1]}{after}…")
     if verdict.verdict != "allow":
         print(f"\ntext after {verdict.verdict}:\n{verdict.text}")
+
+
+def _scan(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    options = scan.ScanOptions(args.input, args.out, args.text_field, args.id_field, args.reference_field,
+                               args.format, args.workers, args.shard, args.batch)
+    total = scan.count_lines(options)  # (also says at once when the input cannot be read)
+    scan.ensure_ready(settings).close()  # and when Redis or the index cannot be used
+    reported = 0
+    with tqdm(total=total, unit="answer", desc="scanning", disable=args.quiet,
+              file=sys.stderr) as bar:
+        def malformed(entry: scan.Malformed) -> None:
+            nonlocal reported
+            reported += 1
+            if reported <= _MALFORMED_SHOWN:
+                bar.write(f"textguard: {args.input}:{entry.line}: {entry.reason}; skipped", file=sys.stderr)
+            elif reported == _MALFORMED_SHOWN + 1:
+                bar.write("textguard: further malformed lines are counted in the summary", file=sys.stderr)
+
+        counts = scan.run_scan(settings, options, progress=bar.update, on_malformed=malformed)
+    summary = scan.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars)
+    summary_path = args.summary or options.out.with_name(options.out.stem + ".summary.json")
+    summary_path.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if args.report:
+        report.write_report(args.report, scan.read_results(options.out), summary, source=args.input)
+    print(json.dumps(summary, ensure_ascii=False) if args.json else scan.format_summary(summary))
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    for made in probe.make_probes(_settings(args), args.n, args.prefix_chars, args.reference_chars, args.seed):
+        print(json.dumps(made.to_dict(), ensure_ascii=False))
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,21 +7,23 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
 from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
+from textguard.batch import BatchedReader
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.pipeline import Pipeline
 from textguard.policy import Policy, Verdict
 from textguard.settings import Settings
-from textguard.store import IndexReader
+from textguard.store import DocumentRegion, IndexReader
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FailMode = Literal["open", "closed", "raise"]
+_SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
 
 
 class Guard:
@@ -95,9 +97,8 @@ class Guard:
                 normalised, matches = await detector.find(text, memo)
         except IndexMismatchError:
             raise
-        except (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
-            reason = "timeout" if isinstance(exc, TimeoutError) else "redis"
-            return self._skip(text, reason, exc, started, mode)
+        except _SKIPPABLE as exc:
+            return self._skip(text, _reason(exc), exc, started, mode)
         elapsed = (time.perf_counter() - started) * 1000
         verdict = self.policy.decide(text, len(normalised.text), matches, elapsed)
         telemetry.CHECKS.labels(verdict.verdict).inc()
@@ -110,6 +111,46 @@ class Guard:
         telemetry.SKIPPED.labels(reason).inc()
         if reason == "redis":
             telemetry.REDIS_ERRORS.inc()
+
+    async def check_many(self, texts: Sequence[str], *, fail_mode: FailMode | None = None) -> list[Verdict]:
+        """Check `texts` together: the verdicts `check` gives one by one, but the lookups of all
+        go to Redis in one round trip and their fetches of stored text in another (offline scans).
+
+        There is no time budget; each verdict's `elapsed_ms` is the batch's time shared equally.
+        """
+        started = time.perf_counter()
+        _, reader = self._ensure_detector()
+        mode = fail_mode or self.settings.fail_mode
+        assert self._client is not None
+        batch = BatchedReader(self._client, self.pipeline.layout)
+        detector = Detector(self.pipeline, batch)
+        try:
+            await reader.ensure_compatible()
+        except IndexMismatchError:
+            raise
+        except _SKIPPABLE as exc:
+            return [self._skip(text, _reason(exc), exc, started, mode) for text in texts]
+        found = await batch.run([detector.find(text) for text in texts])
+        share = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
+        verdicts = []
+        for text, result in zip(texts, found, strict=True):
+            if isinstance(result, _SKIPPABLE):
+                verdicts.append(self._skip(text, _reason(result), result, started, mode))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                normalised, matches = result
+                verdicts.append(self.policy.decide(text, len(normalised.text), matches, share))
+        return verdicts
+
+    async def source_passages(self, spans: Sequence[tuple[str, int, int]]) -> list[DocumentRegion | None]:
+        """The stored original text of each (document id, start, end), to show a match beside
+        its source; None where the document is no longer indexed. Two round trips in all."""
+        _, reader = self._ensure_detector()
+        try:
+            return await reader.passages(spans)
+        except (*REDIS_ERRORS, OSError) as exc:
+            raise StoreUnavailableError(f"Redis error: {exc}") from exc
 
     def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
         self.note_skip(reason)
@@ -151,3 +192,7 @@ class Guard:
             self._sync_loop.call_soon_threadsafe(self._sync_loop.stop)
             self._sync_loop = None
             self._sync_guard = None
+
+
+def _reason(exc: BaseException) -> str:
+    return "timeout" if isinstance(exc, TimeoutError) else "redis"

@@ -248,6 +248,12 @@ class DocumentRegion:
     start: int  # original offset of text[0] in the document
     text: str
 
+    def cut(self, start: int, end: int) -> DocumentRegion:
+        """The part of this region between original offsets `start` and `end` (clipped)."""
+        begin = min(max(start - self.start, 0), len(self.text))
+        stop = min(max(end - self.start, begin), len(self.text))
+        return DocumentRegion(self.number, self.meta, self.start + begin, self.text[begin:stop])
+
 
 class Layout:
     """Key names and the packing of band keys; shared by the reading and the writing side.
@@ -514,8 +520,7 @@ class IndexReader:
         reads = [[self._layout.live, *(str(n) for n in numbers)]]
         chunk_lists: list[list[int]] = []
         for number in numbers:
-            chunks = sorted({c for start, end in wanted[number]
-                             for c in range(max(start, 0) // CHUNK_CHARS, max(end - 1, 0) // CHUNK_CHARS + 1)})
+            chunks = chunk_numbers(wanted[number])
             chunk_lists.append(chunks)
             reads.append([self._layout.document(number), "meta", *(f"t{c}" for c in chunks)])
         if self._nodes is not None:
@@ -548,6 +553,56 @@ class IndexReader:
             if current:
                 regions.append(DocumentRegion(number, meta, region_start * CHUNK_CHARS, "".join(current)))
         return regions
+
+    async def passages(self, spans: Sequence[tuple[str, int, int]]) -> list[DocumentRegion | None]:
+        """Stored text of each (document id, start, end), original offsets clipped to the
+        document; None where the document is not (or no longer) indexed. Two round trips in all."""
+        if not spans:
+            return []
+        ids = sorted({doc_id for doc_id, _, _ in spans})
+        numbers = {doc_id: int(n) for doc_id, n in zip(ids, await self._client.hmget(self._layout.docs, ids),
+                                                           strict=True) if n is not None}
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for doc_id, start, end in spans:
+            if doc_id in numbers:
+                wanted.setdefault(numbers[doc_id], []).append((start, end))
+        by_number: dict[int, list[DocumentRegion]] = {}
+        for region in await self.regions(wanted) if wanted else []:
+            by_number.setdefault(region.number, []).append(region)
+        found: list[DocumentRegion | None] = []
+        for doc_id, start, end in spans:
+            regions = by_number.get(numbers.get(doc_id, -1), [])
+            found.append(next((r.cut(start, end) for r in regions
+                               if r.start <= max(start, 0) < r.start + max(len(r.text), 1)), None))
+        return found
+
+
+def chunk_numbers(ranges: Iterable[tuple[int, int]]) -> list[int]:
+    """The text chunks holding the original offsets [start, end) of each range, in order."""
+    return sorted({c for start, end in ranges
+                   for c in range(max(start, 0) // CHUNK_CHARS, max(end - 1, 0) // CHUNK_CHARS + 1)})
+
+
+def cut_regions(fetched: Sequence[DocumentRegion], wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion]:
+    """The regions `IndexReader.regions(wanted)` returns, cut out of regions fetched for a
+    superset of `wanted` (so that many readers' fetches can share one round trip)."""
+    by_number: dict[int, list[DocumentRegion]] = {}
+    for region in fetched:
+        by_number.setdefault(region.number, []).append(region)
+    regions: list[DocumentRegion] = []
+    for number in sorted(wanted):
+        chunks = chunk_numbers(wanted[number])
+        for region in by_number.get(number, []):
+            first = region.start // CHUNK_CHARS
+            inside = [c for c in chunks if first <= c < first + -(-len(region.text) // CHUNK_CHARS)]
+            run: list[int] = []
+            for chunk in [*inside, None]:
+                if run and (chunk is None or chunk != run[-1] + 1):
+                    regions.append(region.cut(run[0] * CHUNK_CHARS, (run[-1] + 1) * CHUNK_CHARS))
+                    run = []
+                if chunk is not None:
+                    run.append(chunk)
+    return regions
 
 
 class IndexWriter:
