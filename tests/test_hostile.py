@@ -127,3 +127,19 @@ def test_head_and_no_content_pass_untouched(answer: Any) -> None:
     assert head.headers["content-length"] == "1234" and "x-textguard-verdict" not in head.headers
     empty = answer(b"", status=204, content_type=b"application/json")
     assert empty.status_code == 204 and empty.content == b"" and "x-textguard-verdict" not in empty.headers
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_enormous_streams_follow_the_fail_mode(answer: Any, indexed: Settings, mode: str,
+                                               negative_records: list[dict], record: dict) -> None:
+    clean = "".join(r["text"] for r in negative_records[:20])[:2500]
+    copied = record["text"][1000:1400]
+    text = clean + copied  # the copy comes after the limit
+    response = answer(sse(chat_chunks("e", text, 4)), mode=mode, settings=indexed.replace(max_check_chars=2000))
+    streamed = streamed_text(response)
+    assert response.status_code == 200 and response.content.rstrip().endswith(b"data: [DONE]")
+    if mode == "open":
+        assert streamed == text
+    else:
+        assert b'"finish_reason": "content_filter"' in response.content
+        assert longest_shared_run(streamed, copied) <= 50

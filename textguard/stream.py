@@ -64,17 +64,35 @@ class GuardedStream:
         """Take the next piece of the answer; returns what may be sent now."""
         if self.blocked:
             return Release("", blocked=True)
+        if self.skipped == "too_large":  # past the limit in fail mode open: passed unchecked
+            self.text += delta
+            self._released = len(self.text)
+            return Release(delta, skipped="too_large")
         self.text += delta
+        if len(self.text) > self._guard.settings.max_check_chars:
+            return self._too_large()
         self._unchecked_chars += matchable_chars(delta)
         if self._unchecked_chars < self._step:
             return Release("")
         return await self._check(final=False)
+
+    def _too_large(self) -> Release:
+        """An answer longer than max_check_chars: the fail mode decides the rest of it."""
+        self.skipped = "too_large"
+        self._guard.note_skip("too_large")
+        if self._guard.settings.fail_mode == "closed":
+            self.blocked = True
+            return Release("", blocked=True, skipped="too_large")
+        held, self._released = self.text[self._released:], len(self.text)
+        return Release(held, skipped="too_large")
 
     async def finish(self) -> Release:
         """The answer is complete: check what is left and release it."""
         if self.blocked or self.finished:
             return Release("", blocked=self.blocked)
         self.finished = True
+        if self.skipped == "too_large":
+            return Release("")
         return await self._check(final=True)
 
     async def _check(self, final: bool) -> Release:
