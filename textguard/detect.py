@@ -2,8 +2,9 @@
 
 LSH hits only nominate documents and rough positions; a document is verified only when its
 hits are convincing (several in line, or many). Its text around the hits is fetched (for the
-best candidates, most of the chapter), and seeds, exact shared runs plus the hits, are clustered
-into stretches. Each stretch is aligned (rapidfuzz's bit-parallel LCS alignment), and
+best candidates, most of the chapter) but first verified only close to the hits, since most
+candidates are chance; where that finds a copy, the whole fetched text is verified. Seeds, exact
+shared runs plus the hits, are clustered into stretches. Each stretch is aligned (rapidfuzz's bit-parallel LCS alignment), and
 the equal blocks of that alignment are chained into spans: blocks of at least `_ANCHOR` chars
 start and end a span, blocks of `_BRIDGE` chars or more keep it going, and gaps of up to `_GAP`
 chars between them (a substituted, inserted or deleted word, a homophone, a renamed character)
@@ -23,7 +24,7 @@ from rapidfuzz.distance import Indel, MatchingBlock
 
 from textguard.normalise import Normalised, normalise
 from textguard.pipeline import Pipeline
-from textguard.store import IndexReader
+from textguard.store import DocumentRegion, IndexReader
 
 _ANCHOR = 4  # shortest equal block that can start or end a span
 _BRIDGE = 2  # shortest equal block that keeps a span going
@@ -36,6 +37,7 @@ _PAD = 60  # normalised chars aligned beyond the outermost seeds (more while spa
 _SPLIT = 300  # seeds further apart than this in the source are aligned separately
 _FETCH = 2000  # original chars fetched around the LSH hits of a document...
 _WHOLE = 16_000  # ...or up to this many, around all of them, for the best candidates
+_NARROW = 200  # original chars around each hit verified first: the rest only if they hold a copy
 _WIDE_DOCUMENTS = 4  # how many of the best candidates are fetched that wide...
 _WIDE_HITS = 3  # ...if they have at least this many hits
 _IN_LINE = 2  # a candidate is verified with this many hits on one diagonal...
@@ -122,13 +124,15 @@ class Detector:
                   for rank, number in enumerate(ranked)}
         spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
         metas: dict[int, dict[str, Any]] = {}
+        query = _Query(normalised.text)
         for region in await self._reader.regions(wanted):
             metas[region.number] = region.meta
-            source = normalise(region.text)
-            hint = [(q, d - region.start) for q, d in hits[region.number]
-                    if 0 <= d - region.start < len(region.text)]
-            for stretch in _stretches(_seeds(normalised.text, source, hint)):
-                spans_by_doc[region.number].extend(_verify(normalised.text, source, region.start, stretch))
+            doc_hits = hits[region.number]
+            # Most candidates are chance: first verify only the hits' close surroundings, and
+            # the whole fetched region (a mosaic's other sentences) only where they hold a copy.
+            narrow = [region.cut(start, end) for start, end in _clusters(doc_hits, _NARROW)]
+            if any(_spans_in(query, piece, doc_hits) for piece in narrow):
+                spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits))
         if memo is not None:
             for number in ranked:
                 if spans_by_doc.get(number):
@@ -176,6 +180,26 @@ def _convincing(doc_hits: list[tuple[int, int]]) -> bool:
                for i in range(len(diagonals) - _IN_LINE + 1))
 
 
+def _spans_in(query: _Query, region: DocumentRegion, doc_hits: list[tuple[int, int]]) -> list[_Span]:
+    """Spans of `query` copied from `region`, seeded by its exact shared runs and the hits in it."""
+    source = normalise(region.text)
+    hint = [(q, d - region.start) for q, d in doc_hits if 0 <= d - region.start < len(region.text)]
+    return [span for stretch in _stretches(_seeds(query, source, hint))
+            for span in _verify(query.text, source, region.start, stretch)]
+
+
+def _clusters(doc_hits: list[tuple[int, int]], margin: int) -> list[tuple[int, int]]:
+    """Original offset ranges reaching `margin` characters around the hits, overlaps merged."""
+    offsets = sorted(d for _, d in doc_hits)
+    ranges = [(offsets[0] - margin, offsets[0] + margin)]
+    for offset in offsets[1:]:
+        if offset - margin <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], offset + margin)
+        else:
+            ranges.append((offset - margin, offset + margin))
+    return ranges
+
+
 def _fetch_ranges(doc_hits: list[tuple[int, int]], wide: bool) -> list[tuple[int, int]]:
     """Original offsets of a document to fetch for verifying its hits.
 
@@ -187,13 +211,7 @@ def _fetch_ranges(doc_hits: list[tuple[int, int]], wide: bool) -> list[tuple[int
     if wide and offsets[-1] - offsets[0] <= _WHOLE:
         margin = (_WHOLE - (offsets[-1] - offsets[0])) // 2
         return [(offsets[0] - margin, offsets[-1] + margin)]
-    ranges = [(offsets[0] - _FETCH, offsets[0] + _FETCH)]
-    for offset in offsets[1:]:
-        if offset - _FETCH <= ranges[-1][1]:
-            ranges[-1] = (ranges[-1][0], offset + _FETCH)
-        else:
-            ranges.append((offset - _FETCH, offset + _FETCH))
-    return ranges
+    return _clusters(doc_hits, _FETCH)
 
 
 def _gram_hashes(text: str) -> np.ndarray:
@@ -208,20 +226,28 @@ def _gram_hashes(text: str) -> np.ndarray:
     return hashes
 
 
-def _seeds(query: str, source: Normalised, hint: list[tuple[int, int]]) -> np.ndarray:
+class _Query:
+    """The checked text, with its `_SEED`-character runs sorted once for all the regions it meets."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        hashes = _gram_hashes(text)
+        self.order = np.argsort(hashes, kind="stable")
+        self.ordered = hashes[self.order]
+
+
+def _seeds(query: _Query, source: Normalised, hint: list[tuple[int, int]]) -> np.ndarray:
     """Pairs (query position, normalised source position) where the two texts agree.
 
     Exact `_SEED`-character runs shared by both, plus the LSH hits (which survive edits that
     leave no exact run). Each source position is paired with the first query position of its run.
     """
-    q_hashes, d_hashes = _gram_hashes(query), _gram_hashes(source.text)
+    d_hashes = _gram_hashes(source.text)
     pairs = [np.zeros((0, 2), dtype=np.int64)]
-    if len(q_hashes) and len(d_hashes):
-        order = np.argsort(q_hashes, kind="stable")
-        ordered = q_hashes[order]
-        index = np.minimum(np.searchsorted(ordered, d_hashes), len(ordered) - 1)
-        d_positions = np.flatnonzero(ordered[index] == d_hashes)
-        pairs.append(np.stack([order[index[d_positions]], d_positions], axis=1))
+    if len(query.ordered) and len(d_hashes):
+        index = np.minimum(np.searchsorted(query.ordered, d_hashes), len(query.ordered) - 1)
+        d_positions = np.flatnonzero(query.ordered[index] == d_hashes)
+        pairs.append(np.stack([query.order[index[d_positions]], d_positions], axis=1))
     if hint:
         q_hint, d_hint = np.asarray(hint, dtype=np.int64).T
         pairs.append(np.stack([q_hint, np.searchsorted(source.offsets, d_hint)], axis=1))
