@@ -185,11 +185,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 asyncio.run(load(model_url, texts, Options(min(options.duration, 30.0), options.streams,
                                                            options.requests, options.corpus_fraction), bare, False))
                 tally, memory = asyncio.run(guarded_run(proxy_url, texts, options, process))
-                skipped = _skipped(httpx2.get(proxy_url + "/metrics").text)
+                # the checks of clients that hung up may still be running: wait for them, and say how long
+                ended = time.perf_counter()
+                skipped = _skipped(httpx2.get(proxy_url + "/metrics", timeout=120).text)
+                drain_s = time.perf_counter() - ended
         finally:
             model.terminate()
             model.wait(timeout=10)
-    report(options, bare, tally, memory, skipped)
+    report(options, bare, tally, memory, skipped, drain_s)
 
 
 def _skipped(metrics: str) -> dict[str, float]:
@@ -213,7 +216,7 @@ def with_passages(pool: Sequence[tuple[str, str]], documents: Sequence[Document]
 
 
 def report(options: Options, bare: Tally, tally: Tally, memory: list[tuple[float, float]],
-           skipped: dict[str, float]) -> None:
+           skipped: dict[str, float], drain_s: float) -> None:
     print(f"textguard soak · {os.cpu_count()} cores · {options.streams} streaming + {options.requests} "
           f"non-streaming clients · {options.duration:.0f} s guarded (baseline: {min(options.duration, 30):.0f} s "
           "straight to the model)\n")
@@ -227,6 +230,7 @@ def report(options: Options, bare: Tally, tally: Tally, memory: list[tuple[float
     print(f"\n  leakage: {len(tally.leaks)} guarded answers carried a passage; longest released run "
           f"{worst} normalised chars (bound Q = {QUOTE_CHARS}): {'held' if worst <= QUOTE_CHARS else 'BROKEN'}")
     print(f"  skipped checks (fail mode closed: each blocked its answer): {skipped or 'none'}")
+    print(f"  proxy answered /metrics {drain_s:.1f} s after the load stopped")
     print("  proxy RSS (MiB) over the run: " + ", ".join(f"{t:.0f}s {rss:.0f}" for t, rss in memory))
     growth = memory[-1][1] - memory[0][1]
     verdict = "within" if growth <= MEMORY_BOUND_MIB else "BEYOND"

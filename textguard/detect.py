@@ -4,11 +4,11 @@ LSH hits only nominate documents and rough positions; a document is verified onl
 hits are convincing (several in line, or many). Its text around the hits is fetched (for the
 best candidates, most of the chapter) but first verified only close to the hits, since most
 candidates are chance; where that finds a copy, the whole fetched text is verified. Seeds, exact
-shared runs plus the hits, are clustered into stretches. Each stretch is aligned (rapidfuzz's bit-parallel LCS alignment), and
-the equal blocks of that alignment are chained into spans: blocks of at least `_ANCHOR` chars
-start and end a span, blocks of `_BRIDGE` chars or more keep it going, and gaps of up to `_GAP`
-chars between them (a substituted, inserted or deleted word, a homophone, a renamed character)
-are bridged, so an edited copy yields one span.
+shared runs plus the hits, are clustered into stretches. Each stretch is aligned (rapidfuzz's
+bit-parallel LCS alignment), and the equal blocks of that alignment are chained into spans:
+blocks of at least `_ANCHOR` chars start and end a span, blocks of `_BRIDGE` chars or more keep
+it going, and gaps of up to `_GAP` chars between them (a substituted, inserted or deleted word,
+a homophone, a renamed character) are bridged, so an edited copy yields one span.
 Alignment is repeated with found spans masked out, which recovers reordered sentences.
 """
 
