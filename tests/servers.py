@@ -9,10 +9,11 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 
@@ -41,26 +42,29 @@ def serve(app: Any, lifespan: str = "off") -> Iterator[str]:
 def spawn(args: list[str], env: dict[str, str],
           ready: str = "listening on ") -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Run `python -m textguard ARGS` as a process of its own until it prints a line containing
-    `ready` and a URL; yields the process and that URL, and stops it (SIGINT) afterwards."""
-    process = subprocess.Popen([sys.executable, "-m", "textguard", *args], env={**os.environ, **env},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = _wait_for_line(process, ready, deadline=time.monotonic() + 60)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        assert process.stdout is not None and process.stderr is not None
-        process.stdout.close()
-        process.stderr.close()
+    `ready` and a URL; yields the process and that URL, and stops it (SIGINT) afterwards.
+
+    Its log (stderr) goes to a file, not a pipe: a pipe nobody reads fills up under a flood of
+    log lines and then blocks the process in the middle of its work."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([sys.executable, "-m", "textguard", *args], env={**os.environ, **env},
+                                   stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            url = _wait_for_line(process, ready, log, deadline=time.monotonic() + 60)
+            yield process, url
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
 
 
-def _wait_for_line(process: subprocess.Popen[str], ready: str, deadline: float) -> str:
+def _wait_for_line(process: subprocess.Popen[str], ready: str, log: IO[str], deadline: float) -> str:
     assert process.stdout is not None
     seen = []
     while time.monotonic() < deadline:
@@ -74,6 +78,8 @@ def _wait_for_line(process: subprocess.Popen[str], ready: str, deadline: float) 
         if ready in line:
             return re.search(r"http://[0-9.]+:[0-9]+", line.split(ready, 1)[1]).group(0)  # type: ignore[union-attr]
     process.kill()
-    stderr = process.stderr.read() if process.stderr else ""
+    process.wait()
+    log.seek(0)
+    stderr = log.read()
     raise RuntimeError(f"textguard {process.args} did not get ready; stdout: {''.join(seen)!r}; "
                        f"stderr: {stderr[-2000:]}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from textguard import CheckSkipped, Guard, Settings
+from textguard.guard import SKIP_LOG_INTERVAL_S
 
 
 def test_unreachable_redis_fails_open_or_closed_and_counts(settings: Settings) -> None:
@@ -29,6 +31,24 @@ def test_spent_budget_is_a_skip(indexed: Settings) -> None:
     assert verdict.skipped == "timeout" and verdict.verdict == "allow"
     assert guard.skipped["timeout"] == 1
     guard.close()
+
+
+def test_a_flood_of_skips_is_counted_in_full_and_logged_in_summary(indexed: Settings,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    guard = Guard(indexed)
+
+    async def flood() -> None:
+        for _ in range(50):
+            await guard.check("这是一段足够长的回答，" * 5, budget_ms=0.0, fail_mode="open")
+        guard._skip_log._last["timeout"] -= SKIP_LOG_INTERVAL_S  # as if the interval had passed
+        await guard.check("这是一段足够长的回答，" * 5, budget_ms=0.0, fail_mode="open")
+        await guard.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="textguard.guard"):
+        asyncio.run(flood())
+    lines = [r.getMessage() for r in caplog.records if "check skipped" in r.getMessage()]
+    assert guard.skipped["timeout"] == 51
+    assert len(lines) == 2 and "(and 49 more since the last report)" in lines[1], lines
 
 
 def test_async_checks_run_concurrently_on_one_guard(indexed: Settings, corpus_records: list[dict]) -> None:

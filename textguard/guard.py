@@ -24,6 +24,29 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FailMode = Literal["open", "closed", "raise"]
 _SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
+SKIP_LOG_INTERVAL_S = 10.0  # beyond one warning per reason in this time, skips are logged as a count
+
+
+class _SkipLog:
+    """Log skipped checks without flooding: the first of each reason at once, then at most one
+    line per interval that also says how many went unlogged since. (Every skip is counted in
+    the metrics regardless.) A flood of log lines under overload would only add to the load,
+    and an unread log pipe that fills up stops the process outright."""
+
+    def __init__(self, interval_s: float = SKIP_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
+
+    def warn(self, reason: str, mode: str, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -self._interval_s) < self._interval_s:
+            self._unlogged[reason] += 1
+            return
+        self._last[reason] = now
+        more = self._unlogged.pop(reason, 0)
+        also = f" (and {more} more since the last report)" if more else ""
+        logger.warning("check skipped (%s), failing %s: %s%s", reason, mode, detail, also)
 
 
 class Guard:
@@ -44,6 +67,7 @@ class Guard:
         self.skipped: Counter[str] = Counter()
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_guard: Guard | None = None
+        self._skip_log = _SkipLog()
 
     @property
     def redis(self) -> AsyncClient:
@@ -156,7 +180,7 @@ class Guard:
         self.note_skip(reason)
         if mode == "raise":
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
-        logger.warning("check skipped (%s), failing %s: %s", reason, mode, str(exc) or type(exc).__name__)
+        self._skip_log.warn(reason, mode, str(exc) or type(exc).__name__)
         elapsed = (time.perf_counter() - started) * 1000
         if mode == "closed":
             message = self.settings.block_message.format(works="未能核查")
