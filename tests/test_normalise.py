@@ -1,10 +1,11 @@
+import itertools
 import unicodedata
 
 import opencc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from textguard.normalise import LOOKALIKES, normalise
+from textguard.normalise import LOOKALIKES, GrowingNormal, normalise
 
 ORIGINAL = "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空：青山依旧在，几度夕阳红。ABC 123"
 
@@ -58,3 +59,29 @@ def test_offset_map_is_valid_for_any_text(text: str) -> None:
 def test_inserted_noise_never_changes_the_match_text(text: str, noise: list[str]) -> None:
     disguised = "".join(c + noise[i % len(noise)] for i, c in enumerate(text))
     assert normalise(disguised).text == normalise(text).text
+
+
+# Traditional phrases whose conversion depends on a neighbour (顯著 keeps 著, alone it becomes 着),
+# multi-character folds (ß, ﬁ), full-width, zero-width, emoji, punctuation and line breaks.
+_STREAMED = "顯著乾隆頭髮皇後的了是在，。 ａＢc①\u200bßﬁ𠀀😀\n"
+
+
+@given(st.text(alphabet=st.sampled_from(_STREAMED), max_size=150), st.lists(st.integers(1, 6), min_size=1),
+       st.lists(st.integers(0, 200)))
+def test_a_growing_text_normalises_as_the_whole_text_does(text: str, steps: list[int], forgets: list[int]) -> None:
+    growing = GrowingNormal()
+    position = 0
+    for turn in itertools.count():
+        step = steps[turn % len(steps)]
+        growing.add(text[position:position + step])
+        position = min(position + step, len(text))
+        got, whole = growing.normalised(), normalise(text[:position])
+        kept = whole.offsets >= growing.start
+        assert got.text == "".join(itertools.compress(whole.text, kept))
+        assert got.offsets.tolist() == whole.offsets[kept].tolist()
+        assert growing.text == text[:position] and growing.length == position
+        assert growing.forgotten == len(whole.text) - len(got.text)
+        if forgets:
+            growing.forget(min(forgets[turn % len(forgets)], position))
+        if position == len(text):
+            break

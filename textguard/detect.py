@@ -92,19 +92,19 @@ class Detector:
         self._pipeline = pipeline
         self._reader = reader
 
-    def prepare(self, text: str) -> tuple[Normalised, np.ndarray, np.ndarray]:
-        """CPU part before the lookup: normalised text, unique band keys, anchors per key."""
-        normalised = normalise(text)
+    def prepare(self, normalised: Normalised) -> tuple[np.ndarray, np.ndarray]:
+        """CPU part before the lookup: unique band keys, and anchors per key."""
         runs, anchors = self._pipeline.sketch(normalised)
         keys, inverse = np.unique(runs.keys, return_inverse=True)
-        return normalised, keys, np.stack([inverse, anchors]) if len(keys) else np.zeros((2, 0), np.int64)
+        return keys, np.stack([inverse, anchors]) if len(keys) else np.zeros((2, 0), np.int64)
 
-    async def find(self, text: str, memo: LookupMemo | None = None) -> tuple[Normalised, list[Match]]:
-        """Copied spans of `text`. `memo` carries lookups over between checks of one growing
-        text (a stream), so that each check looks up only the band keys it has not seen."""
-        normalised, keys, key_anchors = self.prepare(text)
+    async def find(self, normalised: Normalised, memo: LookupMemo | None = None) -> list[Match]:
+        """Copied spans of the text `normalised` came from. `memo` carries lookups over between
+        checks of one growing text (a stream), so that each check looks up only the band keys it
+        has not seen."""
+        keys, key_anchors = self.prepare(normalised)
         if len(keys) == 0:
-            return normalised, []
+            return []
         anchors_by_key: dict[int, list[int]] = defaultdict(list)
         for key_index, anchor in key_anchors.T.tolist():
             anchors_by_key[key_index].append(anchor)
@@ -113,13 +113,13 @@ class Detector:
             for anchor in anchors_by_key[key_index]:
                 hits[number].append((anchor, offset))
         if not hits:
-            return normalised, []
+            return []
         # Hits shared by chance (common bigram pairs) are few and scattered; a copy of Q chars
         # gives several in line. Verifying chance hits would cost a fetch and an alignment.
         ranked = sorted((n for n in hits if _convincing(hits[n]) and not _heard(memo, n, hits[n])),
                         key=lambda n: len(hits[n]), reverse=True)[:_MAX_DOCUMENTS]
         if not ranked:
-            return normalised, []
+            return []
         wanted = {number: _fetch_ranges(hits[number], wide=rank < _WIDE_DOCUMENTS and len(hits[number]) >= _WIDE_HITS)
                   for rank, number in enumerate(ranked)}
         spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
@@ -139,7 +139,7 @@ class Detector:
                     memo.quiet.pop(number, None)
                 else:
                     memo.quiet[number] = {d for _, d in hits[number]}
-        return normalised, _resolve(normalised, spans_by_doc, metas)
+        return _resolve(normalised, spans_by_doc, metas)
 
     async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> list[tuple[int, int, int]]:
         """(index into `keys`, document number, offset) of every posting of `keys`."""

@@ -15,6 +15,7 @@ from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
 from textguard.batch import BatchedReader
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
+from textguard.normalise import Normalised, normalise
 from textguard.pipeline import Pipeline
 from textguard.policy import Policy, Verdict
 from textguard.settings import Settings
@@ -101,13 +102,15 @@ class Guard:
                          self.settings.fail_mode, exc)
 
     async def check(self, text: str, *, budget_ms: float | None = None,
-                    fail_mode: FailMode | None = None, memo: LookupMemo | None = None) -> Verdict:
+                    fail_mode: FailMode | None = None, memo: LookupMemo | None = None,
+                    normalised: Normalised | None = None) -> Verdict:
         """Check `text`; on a skipped check, `fail_mode` decides (default: the settings').
 
         `budget_ms` bounds the whole check (None: unbounded). A skip is counted in
         `self.skipped` and logged; with fail_mode "raise" it raises CheckSkipped instead.
-        `memo` (a dict kept by the caller) lets repeated checks of a growing text skip the
-        lookups they already made.
+        `memo` (kept by the caller) lets repeated checks of a growing text skip the lookups
+        they already made, and `normalised` (text's normal form, offsets into text) the
+        normalising that a stream does as it grows.
         """
         started = time.perf_counter()
         mode = fail_mode or self.settings.fail_mode
@@ -115,10 +118,12 @@ class Guard:
             limit = f"{len(text)} characters, more than max_check_chars={self.settings.max_check_chars}"
             return self._skip(text, "too_large", ValueError(limit), started, mode)
         detector, reader = self._ensure_detector()
+        if normalised is None:
+            normalised = normalise(text)
         try:
             async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
                 await reader.ensure_compatible()
-                normalised, matches = await detector.find(text, memo)
+                matches = await detector.find(normalised, memo)
         except IndexMismatchError:
             raise
         except _SKIPPABLE as exc:
@@ -154,17 +159,17 @@ class Guard:
             raise
         except _SKIPPABLE as exc:
             return [self._skip(text, _reason(exc), exc, started, mode) for text in texts]
-        found = await batch.run([detector.find(text) for text in texts])
+        normalised = [normalise(text) for text in texts]
+        found = await batch.run([detector.find(n) for n in normalised])
         share = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
         verdicts = []
-        for text, result in zip(texts, found, strict=True):
+        for text, normal, result in zip(texts, normalised, found, strict=True):
             if isinstance(result, _SKIPPABLE):
                 verdicts.append(self._skip(text, _reason(result), result, started, mode))
             elif isinstance(result, BaseException):
                 raise result
             else:
-                normalised, matches = result
-                verdicts.append(self.policy.decide(text, len(normalised.text), matches, share))
+                verdicts.append(self.policy.decide(text, len(normal.text), result, share))
         return verdicts
 
     async def source_passages(self, spans: Sequence[tuple[str, int, int]]) -> list[DocumentRegion | None]:

@@ -22,6 +22,8 @@ _to_simplified = opencc.OpenCC("t2s")
 
 # Bump when normalisation changes: an index built with another version would not match.
 NORMALISER_VERSION = 2
+SETTLE_CHARS = 16  # a character's normal form depends on no more than this many that follow it
+_SHORT = 16  # texts up to this long are counted in Python, longer ones in numpy
 
 # Look-alikes a copier may swap in so that text reads the same but matches nothing: Cyrillic and
 # Greek letters that look Latin (after case folding), and katakana that look like common Chinese
@@ -71,10 +73,77 @@ def normalise(text: str) -> Normalised:
     return Normalised(_simplify(folded), offsets.astype(np.int64))
 
 
+class GrowingNormal:
+    """The normal form of a text that grows at its end (a streamed answer), each time costing
+    only what was added: characters `SETTLE_CHARS` or more before the end keep their normal form
+    (OpenCC's phrase rules, the only ones that read neighbours, read only a few characters either
+    way), so only the rest is normalised again, with as many before it for context. The part
+    before `forget()` is let go."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._text = ""
+        self._kept = Normalised("", np.zeros(0, dtype=np.int64))  # text[_start:_settled], offsets into text
+        self._start = 0
+        self._settled = 0
+        self.length = 0  # of the whole text
+        self._forgotten = 0  # normalised characters let go
+
+    @property
+    def text(self) -> str:
+        """The whole original text so far."""
+        if self._pieces:
+            self._text += "".join(self._pieces)
+            self._pieces.clear()
+        return self._text
+
+    def add(self, delta: str) -> None:
+        self._pieces.append(delta)
+        self.length += len(delta)
+
+    @property
+    def start(self) -> int:
+        """Where the text still normalised begins (offsets are into the whole text)."""
+        return self._start
+
+    def normalised(self) -> Normalised:
+        """The normal form of text[start:], offsets into the whole text (`forgotten` more
+        normalised characters came before it)."""
+        text = self.text
+        context = max(self._settled - SETTLE_CHARS, 0)  # phrase rules read back as far as ahead
+        tail = normalise(text[context:])
+        first = int(np.searchsorted(tail.offsets, self._settled - context))
+        offsets = np.concatenate([self._kept.offsets, tail.offsets[first:] + context])
+        whole = Normalised(self._kept.text + tail.text[first:], offsets)
+        settled = len(text) - SETTLE_CHARS
+        if settled > self._settled:
+            kept = int(np.searchsorted(whole.offsets, settled))
+            self._kept = Normalised(whole.text[:kept], whole.offsets[:kept])
+            self._settled = settled
+        return whole
+
+    def forget(self, before: int) -> None:
+        """Stop keeping the normal form of text[:before] (a stream no longer looks there)."""
+        before = min(before, self._settled)
+        if before > self._start:
+            cut = int(np.searchsorted(self._kept.offsets, before))
+            self._kept = Normalised(self._kept.text[cut:], self._kept.offsets[cut:])
+            self._start = before
+            self._forgotten += cut
+
+    @property
+    def forgotten(self) -> int:
+        """Normalised characters of text[:start]."""
+        return self._forgotten
+
+
 def matchable_chars(text: str) -> int:
     """How many characters of `text` count for matching (cheaper than normalising it)."""
+    matchable = _tables()[0]
+    if len(text) <= _SHORT:  # a streamed token: numpy's per-call cost would dominate
+        return sum(1 for c in text if matchable[ord(c)])
     code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return int(_tables()[0][code_points].sum())
+    return int(matchable[code_points].sum())
 
 
 def _normalise_by_character(kept: np.ndarray, offsets: np.ndarray) -> Normalised:

@@ -20,7 +20,7 @@ import numpy as np
 from textguard import telemetry
 from textguard.detect import LookupMemo, Match
 from textguard.guard import Guard
-from textguard.normalise import matchable_chars, normalise
+from textguard.normalise import GrowingNormal, Normalised, matchable_chars
 from textguard.policy import Verdict, VerdictKind, work_name
 
 
@@ -46,7 +46,7 @@ class GuardedStream:
         # Normalised characters of released text re-checked with the new ones: a copy under way
         # has released fewer than Q of them, and the index needs a few windows to see it.
         self._context = settings.quote_chars + 3 * settings.window_shingles
-        self.text = ""  # everything received
+        self._normal = GrowingNormal()  # everything received, and its normal form near the end
         self._released = 0  # text[:_released] has been sent (or replaced by a notice)
         self._unchecked_chars = 0  # normalised characters received since the last check
         self._memo = LookupMemo()  # lookups and verifications already made for this answer
@@ -60,16 +60,20 @@ class GuardedStream:
         self.skipped: str | None = None
         self.elapsed_ms = 0.0  # spent in checks
 
+    @property
+    def text(self) -> str:
+        """Everything received."""
+        return self._normal.text
+
     async def feed(self, delta: str) -> Release:
         """Take the next piece of the answer; returns what may be sent now."""
         if self.blocked:
             return Release("", blocked=True)
+        self._normal.add(delta)
         if self.skipped == "too_large":  # past the limit in fail mode open: passed unchecked
-            self.text += delta
-            self._released = len(self.text)
+            self._released = self._normal.length
             return Release(delta, skipped="too_large")
-        self.text += delta
-        if len(self.text) > self._guard.settings.max_check_chars:
+        if self._normal.length > self._guard.settings.max_check_chars:
             return self._too_large()
         self._unchecked_chars += matchable_chars(delta)
         if self._unchecked_chars < self._step:
@@ -96,12 +100,16 @@ class GuardedStream:
         return await self._check(final=True)
 
     async def _check(self, final: bool) -> Release:
-        normalised = normalise(self.text)
+        normalised = self._normal.normalised()  # of text[self._normal.start:]
+        normalised_chars = self._normal.forgotten + len(normalised.text)  # of the whole text
         # the window reaches back far enough to see a copy that began before the released point
         released_chars = int(np.searchsorted(normalised.offsets, self._released))
-        window_start = int(normalised.offsets[released_chars - self._context]) \
-            if released_chars > self._context else 0
-        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms, memo=self._memo)
+        first = max(released_chars - self._context, 0)
+        window_start = int(normalised.offsets[first]) if first else self._normal.start
+        window = Normalised(normalised.text[first:], normalised.offsets[first:] - window_start)
+        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms, memo=self._memo,
+                                          normalised=window)
+        self._normal.forget(window_start)
         self.elapsed_ms += verdict.elapsed_ms
         if verdict.skipped is not None:
             self.skipped = verdict.skipped
@@ -127,7 +135,8 @@ class GuardedStream:
                 if suppressing != span.doc_id or span.start > position:
                     pieces.append(self._guard.policy.notice(span))
                     self.matches.append(span)
-                self._flagged_chars += len(normalise(self.text[max(position, span.start):span.end]).text)
+                self._flagged_chars += int(np.searchsorted(normalised.offsets, span.end)
+                                           - np.searchsorted(normalised.offsets, max(position, span.start)))
                 position = span.end
                 self._suppressing = span.doc_id if growing else None
                 release_to = max(release_to, position)
@@ -141,7 +150,7 @@ class GuardedStream:
             position = release_to
         self._released = position
         telemetry.HELD_CHARS.observe(len(self.text) - position)
-        if self._should_block(len(normalised.text), final):
+        if self._should_block(normalised_chars, final):
             self.blocked = True
             return Release("", blocked=True)
         return Release("".join(pieces))
