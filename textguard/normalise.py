@@ -86,7 +86,7 @@ class GrowingNormal:
         self._kept = Normalised("", np.zeros(0, dtype=np.int64))  # text[_start:_settled], offsets into text
         self._start = 0
         self._settled = 0
-        self.length = 0  # of the whole text
+        self._length = 0
         self._forgotten = 0  # normalised characters let go
 
     @property
@@ -99,7 +99,12 @@ class GrowingNormal:
 
     def add(self, delta: str) -> None:
         self._pieces.append(delta)
-        self.length += len(delta)
+        self._length += len(delta)
+
+    @property
+    def length(self) -> int:
+        """Of the whole text (without joining its pieces)."""
+        return self._length
 
     @property
     def start(self) -> int:
