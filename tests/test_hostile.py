@@ -122,11 +122,13 @@ def test_json_under_other_content_types(answer: Any, record: dict) -> None:
     assert html.content == body and "x-textguard-verdict" not in html.headers
 
 
-def test_head_and_no_content_pass_untouched(answer: Any) -> None:
+def test_head_no_content_and_not_modified_pass_untouched(answer: Any) -> None:
     head = answer(b"", method="HEAD", content_type=b"application/json", headers=((b"content-length", b"1234"),))
     assert head.headers["content-length"] == "1234" and "x-textguard-verdict" not in head.headers
     empty = answer(b"", status=204, content_type=b"application/json")
     assert empty.status_code == 204 and empty.content == b"" and "x-textguard-verdict" not in empty.headers
+    unchanged = answer(b"", status=304, content_type=b"application/json")
+    assert unchanged.status_code == 304 and unchanged.content == b"" and "x-textguard-verdict" not in unchanged.headers
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
