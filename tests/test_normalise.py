@@ -85,3 +85,9 @@ def test_a_growing_text_normalises_as_the_whole_text_does(text: str, steps: list
             growing.forget(min(forgets[turn % len(forgets)], position))
         if position == len(text):
             break
+
+
+def test_characters_that_fold_to_several_keep_their_offset() -> None:
+    folded = normalise("第⑩回，ß与ﬁ。")
+    assert folded.text == "第10回ss与fi"
+    assert folded.offsets.tolist() == [0, 1, 1, 2, 4, 4, 5, 6, 6]

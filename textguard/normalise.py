@@ -65,8 +65,8 @@ def normalise(text: str) -> Normalised:
     to_fold = np.flatnonzero(unstable[kept])
     if len(to_fold):
         folds = [_fold_char(chr(c)) for c in kept[to_fold].tolist()]
-        if any(len(f) != 1 for f in folds):  # rare: a ligature or ß becomes several characters
-            return _normalise_by_character(kept, offsets)
+        if any(len(f) != 1 for f in folds):  # rare: a ligature, ß or ⑩ becomes several characters
+            return _expand_folds(kept, offsets, to_fold, folds)
         kept = kept.copy()
         kept[to_fold] = [ord(f) for f in folds]
     folded = kept.tobytes().decode("utf-32-le", "surrogatepass")
@@ -151,14 +151,19 @@ def matchable_chars(text: str) -> int:
     return int(matchable[code_points].sum())
 
 
-def _normalise_by_character(kept: np.ndarray, offsets: np.ndarray) -> Normalised:
-    chars: list[str] = []
-    expanded: list[int] = []
-    for code, offset in zip(kept.tolist(), offsets.tolist(), strict=True):
-        for folded in _fold_char(chr(code)):
-            chars.append(folded)
-            expanded.append(offset)
-    return Normalised(_simplify("".join(chars)), np.asarray(expanded, dtype=np.int64))
+def _expand_folds(kept: np.ndarray, offsets: np.ndarray, to_fold: np.ndarray, folds: list[str]) -> Normalised:
+    """Apply folds of which some are not one character long: every character of a fold keeps
+    the offset of the one it came from."""
+    text = kept.tobytes().decode("utf-32-le", "surrogatepass")
+    pieces: list[str] = []
+    previous = 0
+    for position, fold in zip(to_fold.tolist(), folds, strict=True):
+        pieces += (text[previous:position], fold)
+        previous = position + 1
+    pieces.append(text[previous:])
+    counts = np.ones(len(kept), dtype=np.int64)
+    counts[to_fold] = [len(f) for f in folds]
+    return Normalised(_simplify("".join(pieces)), np.repeat(offsets.astype(np.int64), counts))
 
 
 def warm_up() -> None:
