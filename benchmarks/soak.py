@@ -187,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 tally, memory = asyncio.run(guarded_run(proxy_url, texts, options, process))
                 # the checks of clients that hung up may still be running: wait for them, and say how long
                 ended = time.perf_counter()
-                skipped = _skipped(httpx2.get(proxy_url + "/metrics", timeout=120).text)
+                try:
+                    skipped: dict[str, float] | None = _skipped(httpx2.get(proxy_url + "/metrics", timeout=120).text)
+                except httpx2.HTTPError:  # still report what the run saw
+                    skipped = None
                 drain_s = time.perf_counter() - ended
         finally:
             model.terminate()
@@ -216,7 +219,7 @@ def with_passages(pool: Sequence[tuple[str, str]], documents: Sequence[Document]
 
 
 def report(options: Options, bare: Tally, tally: Tally, memory: list[tuple[float, float]],
-           skipped: dict[str, float], drain_s: float) -> None:
+           skipped: dict[str, float] | None, drain_s: float) -> None:
     print(f"textguard soak · {os.cpu_count()} cores · {options.streams} streaming + {options.requests} "
           f"non-streaming clients · {options.duration:.0f} s guarded (baseline: {min(options.duration, 30):.0f} s "
           "straight to the model)\n")
@@ -229,8 +232,11 @@ def report(options: Options, bare: Tally, tally: Tally, memory: list[tuple[float
     worst = max(tally.leaks, default=0)
     print(f"\n  leakage: {len(tally.leaks)} guarded answers carried a passage; longest released run "
           f"{worst} normalised chars (bound Q = {QUOTE_CHARS}): {'held' if worst <= QUOTE_CHARS else 'BROKEN'}")
-    print(f"  skipped checks (fail mode closed: each blocked its answer): {skipped or 'none'}")
-    print(f"  proxy answered /metrics {drain_s:.1f} s after the load stopped")
+    if skipped is None:
+        print(f"  proxy did not answer /metrics within {drain_s:.0f} s of the load stopping: FAILED")
+    else:
+        print(f"  skipped checks (fail mode closed: each blocked its answer): {skipped or 'none'}")
+        print(f"  proxy answered /metrics {drain_s:.1f} s after the load stopped")
     print("  proxy RSS (MiB) over the run: " + ", ".join(f"{t:.0f}s {rss:.0f}" for t, rss in memory))
     growth = memory[-1][1] - memory[0][1]
     verdict = "within" if growth <= MEMORY_BOUND_MIB else "BEYOND"
