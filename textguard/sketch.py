@@ -20,13 +20,13 @@ import numpy as np
 import xxhash
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
-from numpy.lib.stride_tricks import sliding_window_view
 
 SCHEME = "affine32"
 TOKEN_HASH = "xxh32"
 _SEPARATOR = "\x1f"  # joins the tokens of a shingle when it is spelled out as bytes
 _MIX = np.uint32(0x9E3779B1)
 _M64 = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+_S32, _LOW32 = np.uint64(32), np.uint64(0xFFFFFFFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,22 +91,28 @@ def shingle_bytes(tokens: Sequence[str], shingle: int) -> list[bytes]:
     return [_SEPARATOR.join(tokens[i:i + shingle]).encode() for i in range(count)]
 
 
+# murmur3's finalisers, in place on a fresh array (numpy's per-call cost dominates short texts,
+# so constants are made once and no temporaries are kept)
+_F32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
+_S33 = np.uint64(33)
+
+
 def _fmix32(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    mixed: np.ndarray = h ^ (h >> np.uint32(16))
-    return mixed
+    h = h ^ (h >> _F32[0])
+    h *= _F32[1]
+    h ^= h >> _F32[2]
+    h *= _F32[3]
+    h ^= h >> _F32[0]
+    return h
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h = h * _M64[0]
-    h = h ^ (h >> np.uint64(33))
-    h = h * _M64[1]
-    mixed: np.ndarray = h ^ (h >> np.uint64(33))
-    return mixed
+    h = h ^ (h >> _S33)
+    h *= _M64[0]
+    h ^= h >> _S33
+    h *= _M64[1]
+    h ^= h >> _S33
+    return h
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,7 @@ class Sketcher:
         a, b = template.permutations
         self._a = np.asarray(a, dtype=np.uint32)
         self._b = np.asarray(b, dtype=np.uint32)
+        self._band_numbers = np.arange(1, params.bands + 1, dtype=np.uint64)
 
     def _permuted(self, tokens: Sequence[str]) -> np.ndarray:
         """Every shingle hashed under every permutation: (n_shingles, num_perm)."""
@@ -144,18 +151,20 @@ class Sketcher:
         p = self.params
         if len(tokens) < p.shingle:
             return BandRuns(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
-        permuted = self._permuted(tokens)
-        width = min(p.window, len(permuted))
-        minima = _sliding_min(permuted, width)[:, :p.bands * p.rows].reshape(-1, p.bands, p.rows)
-        value = np.broadcast_to(np.arange(1, p.bands + 1, dtype=np.uint64), (len(minima), p.bands))
+        used = self._permuted(tokens)[:, :p.bands * p.rows]
+        # Each hash value carries its shingle's index in its low 32 bits, so the sliding minimum
+        # also says where the window's (first) minimum sits: the anchor, without a second pass.
+        positioned = used.astype(np.uint64) << _S32 | np.arange(len(used), dtype=np.uint64)[:, None]
+        width = min(p.window, len(used))
+        minima = _sliding_min(positioned, width).reshape(-1, p.bands, p.rows)
+        value = np.broadcast_to(self._band_numbers, (len(minima), p.bands))
         for row in range(p.rows):
-            value = _fmix64(value * _M64[0] + minima[:, :, row].astype(np.uint64))
+            value = _fmix64(value * _M64[0] + (minima[:, :, row] >> _S32))
         changed = np.ones_like(value, dtype=bool)
         changed[1:] = value[1:] != value[:-1]
         starts, bands = np.nonzero(changed)
-        # the anchor: where the first row's minimum sits in each run's first window
-        first_rows = sliding_window_view(permuted, width, axis=0)[starts, bands * p.rows]
-        return BandRuns(value[starts, bands], starts + first_rows.argmin(axis=1))
+        anchors = (minima[starts, bands, 0] & _LOW32).astype(np.int64)
+        return BandRuns(value[starts, bands], anchors)
 
 
 def _sliding_min(values: np.ndarray, width: int) -> np.ndarray:
