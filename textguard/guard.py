@@ -34,14 +34,13 @@ class _SkipLog:
     the metrics regardless.) A flood of log lines under overload would only add to the load,
     and an unread log pipe that fills up stops the process outright."""
 
-    def __init__(self, interval_s: float = SKIP_LOG_INTERVAL_S) -> None:
-        self._interval_s = interval_s
+    def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
 
     def warn(self, reason: str, mode: str, detail: str) -> None:
         now = time.monotonic()
-        if now - self._last.get(reason, -self._interval_s) < self._interval_s:
+        if now - self._last.get(reason, -SKIP_LOG_INTERVAL_S) < SKIP_LOG_INTERVAL_S:
             self._unlogged[reason] += 1
             return
         self._last[reason] = now
