@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import hypothesis
+import hypothesis.strategies as st
 import jieba
 import pytest
 
-from textguard import Guard, Settings, Verdict
+from textguard import Guard, Settings, Verdict, detect
 from textguard.normalise import normalise
 
 PREFIX = ("以下是我的回答，希望对你有帮助。关于这个问题，我们可以先从背景说起，"
@@ -153,3 +155,28 @@ def test_to_dict_has_the_contract_shape(guard: Guard, corpus_records: list[dict]
     assert list(payload) == ["verdict", "text", "checked_chars", "matches", "elapsed_ms"]
     assert list(payload["matches"][0]) == ["doc_id", "title", "author", "work", "start", "end", "source_start",
                                           "source_end", "verbatim_chars", "similarity"]
+
+
+_LETTERS = "甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉"
+_pieces = st.lists(st.text(alphabet=_LETTERS, max_size=12), min_size=3, max_size=7)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(shared=_pieces, query_gaps=_pieces, source_gaps=_pieces,
+                  hints=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)), max_size=3))
+def test_the_span_prefilter_never_turns_away_a_region_with_a_span(shared: list[str], query_gaps: list[str],
+                                                                  source_gaps: list[str],
+                                                                  hints: list[tuple[int, int]]) -> None:
+    """`may_share_span` skips an alignment only where the alignment would find nothing. The two
+    texts share short pieces between gaps of their own (borderline spans: blocks of a few
+    characters, gaps near the bridging limit)."""
+    query = "".join(gap + piece for gap, piece in zip(query_gaps, shared, strict=False))
+    source = "".join(gap + piece for gap, piece in zip(source_gaps, shared, strict=False))
+    checked = detect._Query(query)
+    normal = normalise(source)
+    hint = [(q, d) for q, d in hints if q < len(query) and d < len(source)]
+    spans = [span for stretch in detect._stretches(detect._seeds(checked, normal, hint))
+             for span in detect._verify(query, normal, 0, stretch)]
+    hypothesis.event("has a span" if spans else "no span")
+    if spans:
+        assert checked.may_share_span(normal.text)

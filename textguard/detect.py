@@ -183,6 +183,8 @@ def _convincing(doc_hits: list[tuple[int, int]]) -> bool:
 def _spans_in(query: _Query, region: DocumentRegion, doc_hits: list[tuple[int, int]]) -> list[_Span]:
     """Spans of `query` copied from `region`, seeded by its exact shared runs and the hits in it."""
     source = normalise(region.text)
+    if not query.may_share_span(source.text):
+        return []
     hint = [(q, d - region.start) for q, d in doc_hits if 0 <= d - region.start < len(region.text)]
     return [span for stretch in _stretches(_seeds(query, source, hint))
             for span in _verify(query.text, source, region.start, stretch)]
@@ -214,14 +216,14 @@ def _fetch_ranges(doc_hits: list[tuple[int, int]], wide: bool) -> list[tuple[int
     return _clusters(doc_hits, _FETCH)
 
 
-def _gram_hashes(text: str) -> np.ndarray:
-    """Polynomial hashes of every `_SEED`-character run of `text`."""
-    count = len(text) - _SEED + 1
+def _gram_hashes(text: str, size: int = _SEED) -> np.ndarray:
+    """Polynomial hashes of every `size`-character run of `text`."""
+    count = len(text) - size + 1
     if count <= 0:
         return np.zeros(0, dtype=np.uint64)
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
     hashes = codes[:count].copy()
-    for offset in range(1, _SEED):
+    for offset in range(1, size):
         hashes = hashes * np.uint64(0x100000001B3) + codes[offset:offset + count]
     return hashes
 
@@ -234,6 +236,24 @@ class _Query:
         hashes = _gram_hashes(text)
         self.order = np.argsort(hashes, kind="stable")
         self.ordered = hashes[self.order]
+        self._anchors = np.sort(_gram_hashes(text, _ANCHOR))
+
+    def may_share_span(self, source: str) -> bool:
+        """False when `source` can hold no span of this text, so that its alignment is skipped.
+
+        Every span starts and ends with an equal block of `_ANCHOR` characters or more (one
+        block of `_MIN_SPAN` >= 2 * `_ANCHOR` at least, if it is the only one), so the source
+        holds two runs of `_ANCHOR` characters found in the text, `_ANCHOR` or more apart. The
+        narrow pieces of chance candidates in clean answers mostly hold none or one: this turns
+        away two in three of them, and never a region an alignment would find a span in (a
+        hash collision only lets one more by).
+        """
+        hashes = _gram_hashes(source, _ANCHOR)
+        if len(hashes) == 0 or len(self._anchors) == 0:
+            return False
+        index = np.minimum(np.searchsorted(self._anchors, hashes), len(self._anchors) - 1)
+        shared = np.flatnonzero(self._anchors[index] == hashes)
+        return len(shared) > 0 and int(shared[-1] - shared[0]) >= _ANCHOR
 
 
 def _seeds(query: _Query, source: Normalised, hint: list[tuple[int, int]]) -> np.ndarray:
