@@ -97,17 +97,17 @@ class _GatheringReader(IndexReader):
         except BaseException as exc:  # every waiting check sees the failure of the shared read
             _fail(lookups, exc)
             raise
-        by_key: dict[int, list[Posting]] = {}
+        by_key: dict[int, list[tuple[int, int]]] = {}  # merged key index -> (number, offset)
         for start, postings in zip(starts, replies, strict=True):
-            for posting in postings:
-                by_key.setdefault(start + posting.run, []).append(posting)
+            for run, number, offset in postings:
+                by_key.setdefault(start + run, []).append((number, offset))
         hit = np.zeros(len(keys), dtype=bool)  # which of the merged keys have postings
         hit[list(by_key)] = True
         for band_keys, future in lookups:
             positions = np.searchsorted(keys, band_keys)
             own: list[Posting] = []
             for run in np.flatnonzero(hit[positions]).tolist():
-                own += [Posting(run, p.number, p.offset) for p in by_key[int(positions[run])]]
+                own += [Posting(run, number, offset) for number, offset in by_key[int(positions[run])]]
             _settle(future, own)
 
     async def _send_fetches(self, fetches: list[Fetch]) -> None:

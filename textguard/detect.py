@@ -132,7 +132,7 @@ class Detector:
             # the whole fetched region (a mosaic's other sentences) only where they hold a copy.
             narrow = [region.cut(start, end) for start, end in _clusters(doc_hits, _NARROW)]
             if any(_spans_in(query, piece, doc_hits) for piece in narrow):
-                spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits))
+                spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits, screen=False))
         if memo is not None:
             for number in ranked:
                 if spans_by_doc.get(number):
@@ -144,7 +144,7 @@ class Detector:
     async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> list[tuple[int, int, int]]:
         """(index into `keys`, document number, offset) of every posting of `keys`."""
         if memo is None:
-            return [(p.run, p.number, p.offset) for p in await self._reader.lookup(keys)]
+            return list(await self._reader.lookup(keys))
         key_list = keys.tolist()
         known = memo.postings
         unknown = [i for i, key in enumerate(key_list) if key not in known]
@@ -180,10 +180,12 @@ def _convincing(doc_hits: list[tuple[int, int]]) -> bool:
                for i in range(len(diagonals) - _IN_LINE + 1))
 
 
-def _spans_in(query: _Query, region: DocumentRegion, doc_hits: list[tuple[int, int]]) -> list[_Span]:
-    """Spans of `query` copied from `region`, seeded by its exact shared runs and the hits in it."""
+def _spans_in(query: _Query, region: DocumentRegion, doc_hits: list[tuple[int, int]],
+              screen: bool = True) -> list[_Span]:
+    """Spans of `query` copied from `region`, seeded by its exact shared runs and the hits in it
+    (`screen`: first test that the region can hold one at all; not worth it where part of it did)."""
     source = normalise(region.text)
-    if not query.may_share_span(source.text):
+    if screen and not query.may_share_span(source.text):
         return []
     hint = [(q, d - region.start) for q, d in doc_hits if 0 <= d - region.start < len(region.text)]
     return [span for stretch in _stretches(_seeds(query, source, hint))

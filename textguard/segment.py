@@ -57,7 +57,7 @@ class Segmenter:
                 tokens.extend(token)
             else:
                 tokens.append(token)
-        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         starts = np.zeros(len(tokens), dtype=np.int64)
         if len(tokens) > 1:
             np.cumsum(lengths[:-1], out=starts[1:])
