@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from textguard._asgi import ASGIApp
 from textguard.corpus import Corpus, Document, document_from_record
-from textguard.server import Server, create_app, stop_on_signals, uvicorn_config
+from textguard.server import Server, create_app, run_on_server_loop, stop_on_signals, uvicorn_config
 from textguard.settings import Settings
 
 DEMO_INDEX = "demo"
@@ -163,7 +163,7 @@ def run_demo(settings: Settings, out: TextIO = sys.stdout) -> None:
     with Corpus(settings) as corpus:
         corpus.add(documents)
     print(f"Indexed {len(documents)} sample protected works into index '{DEMO_INDEX}'.", file=out)
-    asyncio.run(_serve(settings, {d.work: d for d in documents}, out))
+    run_on_server_loop(_serve(settings, {d.work: d for d in documents}, out))
     print("textguard demo stopped.", file=out)
 
 

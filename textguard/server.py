@@ -12,8 +12,8 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -31,6 +31,7 @@ from textguard.proxy import Forwarder
 from textguard.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def create_app(settings: Settings, *, guard: Guard | None = None) -> ASGIApp:
@@ -120,6 +121,19 @@ def stop_on_signals(servers: list[Server]) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
+def run_on_server_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop where it is installed, as uvicorn itself would: each Redis and
+    upstream round trip costs the proxy markedly less CPU than on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve `create_app(settings)` on settings.host:port until SIGINT or SIGTERM."""
 
@@ -128,4 +142,4 @@ def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> 
         with stop_on_signals([server]):
             await server.serve()
 
-    asyncio.run(main())
+    run_on_server_loop(main())
