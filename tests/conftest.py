@@ -10,13 +10,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from redis_cluster import LocalCluster, local_cluster
 
 from textguard import Corpus, Document, Settings
 from textguard._redis import SyncClient, connect_sync
-from textguard.store import POSTING
+from textguard.store import POSTING_DTYPE
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -107,8 +108,9 @@ def band_content(client: SyncClient, settings: Settings) -> dict[tuple[bytes, by
             pipe.hgetall(key)
         for key, entries in zip(keys[start:start + 2000], pipe.execute(), strict=True):
             for field, value in entries.items():
+                postings = np.frombuffer(value, POSTING_DTYPE).tolist()
                 content[(key.removeprefix(base), field)] = frozenset((live.get(n, f"<not live: {n}>"), o)
-                                                                     for n, o in POSTING.iter_unpack(value))
+                                                                     for n, o in postings)
     return content
 
 

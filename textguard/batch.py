@@ -18,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
 
 from textguard._redis import AsyncClient
-from textguard.store import DocumentRegion, IndexReader, Layout, Posting, cut_regions
+from textguard.store import DocumentRegion, IndexReader, Layout, Postings, cut_regions, ragged
 
 T = TypeVar("T")
 Wanted = dict[int, list[tuple[int, int]]]
-Lookup = tuple[np.ndarray, "asyncio.Future[list[Posting]]"]
+Lookup = tuple[np.ndarray, "asyncio.Future[Postings]"]
 Fetch = tuple[Wanted, "asyncio.Future[list[DocumentRegion]]"]
 
 SCRIPT_KEYS = 8192
@@ -44,8 +45,8 @@ class _GatheringReader(IndexReader):
         self._fetches: list[Fetch] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def lookup(self, band_keys: np.ndarray) -> list[Posting]:
-        future: asyncio.Future[list[Posting]] = asyncio.get_running_loop().create_future()
+    async def lookup(self, band_keys: np.ndarray) -> Postings:
+        future: asyncio.Future[Postings] = asyncio.get_running_loop().create_future()
         self._lookups.append((band_keys, future))
         self._arrived()
         return await future
@@ -97,18 +98,16 @@ class _GatheringReader(IndexReader):
         except BaseException as exc:  # every waiting check sees the failure of the shared read
             _fail(lookups, exc)
             raise
-        by_key: dict[int, list[tuple[int, int]]] = {}  # merged key index -> (number, offset)
-        for start, postings in zip(starts, replies, strict=True):
-            for run, number, offset in postings:
-                by_key.setdefault(start + run, []).append((number, offset))
-        hit = np.zeros(len(keys), dtype=bool)  # which of the merged keys have postings
-        hit[list(by_key)] = True
+        merged = Postings.concatenate([replace(part, runs=part.runs + start)
+                                       for start, part in zip(starts, replies, strict=True)])
+        order = np.argsort(merged.runs, kind="stable")  # (a cluster answers shard by shard)
+        counts = np.bincount(merged.runs, minlength=len(keys))
+        firsts = np.cumsum(counts) - counts
         for band_keys, future in lookups:
             positions = np.searchsorted(keys, band_keys)
-            own: list[Posting] = []
-            for run in np.flatnonzero(hit[positions]).tolist():
-                own += [Posting(run, number, offset) for number, offset in by_key[int(positions[run])]]
-            _settle(future, own)
+            own = order[ragged(firsts[positions], counts[positions])]
+            _settle(future, Postings(np.repeat(np.arange(len(band_keys)), counts[positions]),
+                                     merged.numbers[own], merged.offsets[own]))
 
     async def _send_fetches(self, fetches: list[Fetch]) -> None:
         if not fetches:

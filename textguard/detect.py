@@ -24,7 +24,7 @@ from rapidfuzz.distance import Indel, MatchingBlock
 
 from textguard.normalise import Normalised, normalise
 from textguard.pipeline import Pipeline
-from textguard.store import DocumentRegion, IndexReader
+from textguard.store import DocumentRegion, IndexReader, Postings
 
 _ANCHOR = 4  # shortest equal block that can start or end a span
 _BRIDGE = 2  # shortest equal block that keeps a span going
@@ -105,13 +105,7 @@ class Detector:
         keys, key_anchors = self.prepare(normalised)
         if len(keys) == 0:
             return []
-        anchors_by_key: dict[int, list[int]] = defaultdict(list)
-        for key_index, anchor in key_anchors.T.tolist():
-            anchors_by_key[key_index].append(anchor)
-        hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for key_index, number, offset in await self._postings(keys, memo):
-            for anchor in anchors_by_key[key_index]:
-                hits[number].append((anchor, offset))
+        hits = _hits(key_anchors, await self._postings(keys, memo))
         if not hits:
             return []
         # Hits shared by chance (common bigram pairs) are few and scattered; a copy of Q chars
@@ -141,19 +135,38 @@ class Detector:
                     memo.quiet[number] = {d for _, d in hits[number]}
         return _resolve(normalised, spans_by_doc, metas)
 
-    async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> list[tuple[int, int, int]]:
-        """(index into `keys`, document number, offset) of every posting of `keys`."""
+    async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> Postings:
+        """Every posting of `keys` (its runs index `keys`)."""
         if memo is None:
-            return list(await self._reader.lookup(keys))
+            return await self._reader.lookup(keys)
         key_list = keys.tolist()
         known = memo.postings
         unknown = [i for i, key in enumerate(key_list) if key not in known]
         if unknown:
             found: dict[int, list[tuple[int, int]]] = {key_list[i]: [] for i in unknown}
-            for posting in await self._reader.lookup(keys[unknown]):
-                found[key_list[unknown[posting.run]]].append((posting.number, posting.offset))
+            postings = await self._reader.lookup(keys[unknown])
+            for run, number, offset in zip(postings.runs.tolist(), postings.numbers.tolist(),
+                                           postings.offsets.tolist(), strict=True):
+                found[key_list[unknown[run]]].append((number, offset))
             known.update(found)
-        return [(i, number, offset) for i, key in enumerate(key_list) for number, offset in known[key]]
+        held = [(i, number, offset) for i, key in enumerate(key_list) for number, offset in known[key]]
+        if not held:
+            return Postings.empty()
+        runs, numbers, offsets = np.array(held, dtype=np.int64).T
+        return Postings(runs, numbers, offsets)
+
+
+def _hits(key_anchors: np.ndarray, postings: Postings) -> dict[int, list[tuple[int, int]]]:
+    """Per document: (anchor in the checked text, offset in the document) of every hit, each
+    posting of a key paired with every place the key's run is anchored in the checked text."""
+    anchors_by_key: dict[int, list[int]] = defaultdict(list)
+    for key_index, anchor in key_anchors.T.tolist():
+        anchors_by_key[key_index].append(anchor)
+    hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for key_index, number, offset in zip(postings.runs.tolist(), postings.numbers.tolist(),
+                                         postings.offsets.tolist(), strict=True):
+        hits[number] += [(anchor, offset) for anchor in anchors_by_key[key_index]]
+    return hits
 
 
 @dataclass
