@@ -227,3 +227,24 @@ def test_bucket_bits_follow_the_corpus_and_the_small_hash_limit(settings: Settin
     guard.close()
     with pytest.raises(IndexMismatchError, match="bucket_bits"), Corpus(settings.replace(bucket_bits=16)) as c:
         c.add([to_document(corpus_records[6])])
+
+
+def test_a_guard_reads_afresh_text_it_cached_once_the_index_is_built_anew(
+        settings: Settings, raw_redis: redis.Redis, corpus_records: list[dict]) -> None:
+    """Checks keep stored text chunks by document number; an index deleted and built again
+    hands out the same numbers to other documents, and the guard must not show the old text."""
+    first, second = [r for r in corpus_records if len(r["text"]) > 3000][:2]
+    guard = Guard(settings)
+    try:
+        for record in (first, second):
+            for key in index_keys(raw_redis, settings):
+                raw_redis.delete(key)
+            with Corpus(settings) as corpus:
+                corpus.add([to_document(record)])
+            copied = record["text"][1000:1400]
+            verdict = guard.check_sync("我来背一段给你听：" + copied + "就是这样。")
+            assert [m.doc_id for m in verdict.matches] == [record["id"]]
+            match = verdict.matches[0]
+            assert record["text"][match.source_start:match.source_end] in copied
+    finally:
+        guard.close()

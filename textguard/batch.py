@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from textguard._redis import AsyncClient
-from textguard.store import DocumentRegion, IndexReader, Layout, Postings, cut_regions, ragged
+from textguard.store import ChunkCache, DocumentRegion, IndexReader, Layout, Postings, cut_regions, ragged
 
 T = TypeVar("T")
 Wanted = dict[int, list[tuple[int, int]]]
@@ -39,8 +39,8 @@ round trip), so that none holds Redis, single-threaded, long enough to delay liv
 class _GatheringReader(IndexReader):
     """An IndexReader whose reads queue up until `_flush_lookups` / `_flush_fetches` send them."""
 
-    def __init__(self, client: AsyncClient, layout: Layout) -> None:
-        super().__init__(client, layout)
+    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None) -> None:
+        super().__init__(client, layout, chunks)
         self._lookups: list[Lookup] = []
         self._fetches: list[Fetch] = []
         self._sending: set[asyncio.Task[None]] = set()
@@ -172,8 +172,8 @@ class SharedReader(_GatheringReader):
 class BatchedReader(_GatheringReader):
     """An offline batch's reader: the reads made by the checks of one `run` reach Redis together."""
 
-    def __init__(self, client: AsyncClient, layout: Layout) -> None:
-        super().__init__(client, layout)
+    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None) -> None:
+        super().__init__(client, layout, chunks)
         self._running = 0
 
     async def run(self, checks: Sequence[Awaitable[T]]) -> list[T | BaseException]:

@@ -150,7 +150,7 @@ class Guard:
         _, reader = self._ensure_detector()
         mode = fail_mode or self.settings.fail_mode
         assert self._client is not None
-        batch = BatchedReader(self._client, self.pipeline.layout)
+        batch = BatchedReader(self._client, self.pipeline.layout, reader.chunks)
         detector = Detector(self.pipeline, batch)
         try:
             await reader.ensure_compatible()
