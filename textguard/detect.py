@@ -165,7 +165,11 @@ def _hits(key_anchors: np.ndarray, postings: Postings) -> dict[int, list[tuple[i
     hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for key_index, number, offset in zip(postings.runs.tolist(), postings.numbers.tolist(),
                                          postings.offsets.tolist(), strict=True):
-        hits[number] += [(anchor, offset) for anchor in anchors_by_key[key_index]]
+        anchors = anchors_by_key[key_index]
+        if len(anchors) == 1:  # most keys: spare building a list per posting
+            hits[number].append((anchors[0], offset))
+        else:
+            hits[number] += [(anchor, offset) for anchor in anchors]
     return hits
 
 
