@@ -82,26 +82,24 @@ def test_check_many_makes_one_lookup_round_trip(indexed: Settings, raw_redis: re
     assert asyncio.run(main()) == 1
 
 
-def test_concurrent_live_checks_share_their_reads_and_keep_their_own_verdicts(
-        indexed: Settings, raw_redis: redis.Redis, corpus_records: list[dict], negative_records: list[dict]) -> None:
-    """Requests checked at once (as a busy server does) get the verdicts they get one by one,
-    in fewer lookup calls than checks: each waits for the call in flight and goes with the rest."""
+def test_concurrent_checks_keep_their_own_verdicts(indexed: Settings, corpus_records: list[dict],
+                                                    negative_records: list[dict]) -> None:
+    """Requests checked at once on one Guard (as a busy server does: one pool, one text cache)
+    get the verdicts they get one by one."""
     texts = mixed_answers(corpus_records, negative_records, 40)
 
-    async def main() -> tuple[list[Verdict], list[Verdict], int]:
+    async def main() -> tuple[list[Verdict], list[Verdict]]:
         guard = Guard(indexed)
         try:
             singles = [await guard.check(text, fail_mode="raise") for text in texts]
-            before = _calls(raw_redis, "evalsha")
             together = await asyncio.gather(*(guard.check(text, fail_mode="raise") for text in texts))
-            return singles, list(together), _calls(raw_redis, "evalsha") - before
+            return singles, list(together)
         finally:
             await guard.aclose()
 
-    singles, together, calls = asyncio.run(main())
+    singles, together = asyncio.run(main())
     assert [(v.verdict, v.matches, v.text) for v in together] == [(v.verdict, v.matches, v.text) for v in singles]
     assert {v.verdict for v in together} == {"allow", "rewrite", "block"}
-    assert calls <= len(texts) // 4, f"{calls} lookup calls for {len(texts)} concurrent checks"
 
 
 def _calls(client: redis.Redis, command: str) -> int:

@@ -1,22 +1,16 @@
-"""Reads of concurrent checks gathered into one Redis call each.
+"""Many checks, two round trips: the Redis reads of concurrent checks gathered into one call each.
 
 A check makes two reads, its band lookups and then the stored text of its candidates, and
-spends a loopback round trip and an event-loop wake-up on each, most of it client-side CPU in
-redis-py and the socket calls. Checks that read at about the same time can share them: the
+spends a loopback round trip and an event-loop wake-up on each. Offline scans check thousands
+of answers, so `BatchedReader` lets a batch of ordinary checks (the detector's own code, run
+concurrently) meet at each read: once every check of the batch is waiting on a read, the
 waiting lookups go out as one script call and the waiting fetches as one pipeline, and each
-check gets back exactly what its own read would have returned. Two readers decide when:
-
-- `SharedReader` (live traffic: concurrent requests and streams): a read goes out at once
-  unless one of its kind is in flight; then it waits for that one and goes out with every read
-  that queued meanwhile. An idle server reads as before; a busy one makes fewer calls.
-- `BatchedReader` (offline scans): a batch of checks runs concurrently and meets at each read,
-  which goes out once every check of the batch waits on it.
+check gets back exactly what its own read would have returned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -28,68 +22,66 @@ from textguard.store import ChunkCache, DocumentRegion, IndexReader, Layout, Pos
 
 T = TypeVar("T")
 Wanted = dict[int, list[tuple[int, int]]]
-Lookup = tuple[np.ndarray, "asyncio.Future[Postings]"]
-Fetch = tuple[Wanted, "asyncio.Future[list[DocumentRegion]]"]
 
 SCRIPT_KEYS = 8192
-"""Band keys per lookup script: gathered lookups go out as several scripts at once (still one
+"""Band keys per lookup script: a batch's lookups go out as several scripts at once (still one
 round trip), so that none holds Redis, single-threaded, long enough to delay live checks."""
 
 
-class _GatheringReader(IndexReader):
-    """An IndexReader whose reads queue up until `_flush_lookups` / `_flush_fetches` send them."""
+class BatchedReader(IndexReader):
+    """An IndexReader whose reads, made by the checks of one `run`, reach Redis together."""
 
     def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None) -> None:
         super().__init__(client, layout, chunks)
-        self._lookups: list[Lookup] = []
-        self._fetches: list[Fetch] = []
+        self._running = 0
+        self._lookups: list[tuple[np.ndarray, asyncio.Future[Postings]]] = []
+        self._fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self, checks: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+        """Await `checks` (coroutines reading through this reader) together; an exception is
+        returned in its check's place."""
+        if self._running:
+            raise RuntimeError("BatchedReader.run is already running")
+        self._running = len(checks)
+
+        async def one(check: Awaitable[T]) -> T:
+            try:
+                return await check
+            finally:
+                self._running -= 1
+                self._send_when_all_wait()
+
+        return await asyncio.gather(*(one(c) for c in checks), return_exceptions=True)
 
     async def lookup(self, band_keys: np.ndarray) -> Postings:
         future: asyncio.Future[Postings] = asyncio.get_running_loop().create_future()
         self._lookups.append((band_keys, future))
-        self._arrived()
+        self._send_when_all_wait()
         return await future
 
     async def regions(self, wanted: Wanted) -> list[DocumentRegion]:
         future: asyncio.Future[list[DocumentRegion]] = asyncio.get_running_loop().create_future()
         self._fetches.append((wanted, future))
-        self._arrived()
+        self._send_when_all_wait()
         return await future
 
-    def _arrived(self) -> None:
-        """A read has queued: send what is waiting, or leave it to wait."""
-        raise NotImplementedError
+    def _send_when_all_wait(self) -> None:
+        waiting = len(self._lookups) + len(self._fetches)
+        if waiting and waiting >= self._running:
+            lookups, fetches = self._lookups, self._fetches
+            self._lookups, self._fetches = [], []
+            task = asyncio.get_running_loop().create_task(self._send(lookups, fetches))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
-    def _flush_lookups(self) -> asyncio.Task[None]:
-        lookups, self._lookups = [w for w in self._lookups if not w[1].done()], []
-        return self._start(self._send_lookups(lookups))
+    async def _send(self, lookups: list[tuple[np.ndarray, asyncio.Future[Postings]]],
+                    fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]]) -> None:
+        # Failures reach the waiting checks through their futures; nothing is left to raise here.
+        await asyncio.gather(self._send_lookups(lookups), self._send_fetches(fetches), return_exceptions=True)
 
-    def _flush_fetches(self) -> asyncio.Task[None]:
-        fetches, self._fetches = [w for w in self._fetches if not w[1].done()], []
-        return self._start(self._send_fetches(fetches))
-
-    def _start(self, sending: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(sending)
-        self._sending.add(task)
-        task.add_done_callback(self._sent)
-        return task
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        if not task.cancelled():
-            task.exception()  # failures reached the waiting checks through their futures
-
-    async def _send_lookups(self, lookups: list[Lookup]) -> None:
+    async def _send_lookups(self, lookups: list[tuple[np.ndarray, asyncio.Future[Postings]]]) -> None:
         if not lookups:
-            return
-        if len(lookups) == 1:  # nothing to merge
-            keys, future = lookups[0]
-            try:
-                _settle(future, await IndexReader.lookup(self, keys))
-            except BaseException as exc:
-                _fail(lookups, exc)
-                raise
             return
         keys = np.unique(np.concatenate([k for k, _ in lookups]))
         starts = range(0, len(keys), SCRIPT_KEYS)
@@ -109,7 +101,7 @@ class _GatheringReader(IndexReader):
             _settle(future, Postings(np.repeat(np.arange(len(band_keys)), counts[positions]),
                                      merged.numbers[own], merged.offsets[own]))
 
-    async def _send_fetches(self, fetches: list[Fetch]) -> None:
+    async def _send_fetches(self, fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]]) -> None:
         if not fetches:
             return
         union: Wanted = {}
@@ -117,86 +109,12 @@ class _GatheringReader(IndexReader):
             for number, ranges in wanted.items():
                 union.setdefault(number, []).extend(ranges)
         try:
-            fetched = await IndexReader.regions(self, union)
+            fetched = await super().regions(union)
         except BaseException as exc:
             _fail(fetches, exc)
             raise
         for wanted, future in fetches:
             _settle(future, fetched if len(fetches) == 1 else cut_regions(fetched, wanted))
-
-
-class SharedReader(_GatheringReader):
-    """Live checks' reader: one lookup call and one fetch in flight; reads that arrive meanwhile
-    go out together when it returns. One per Guard (per event loop).
-
-    A call still out after `STALE_S` (Redis stalled, or a connection waiting on its timeout)
-    no longer holds back the reads queued behind it: they go out on their own, so that checks
-    recover as soon as Redis does rather than when the stalled call gives up.
-    """
-
-    STALE_S = 0.05
-
-    def __init__(self, client: AsyncClient, layout: Layout) -> None:
-        super().__init__(client, layout)
-        self._lookup_since: float | None = None  # when the lookup call in flight went out
-        self._fetch_since: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def _arrived(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._lookups and (self._lookup_since is None or now - self._lookup_since > self.STALE_S):
-            self._lookup_since = now
-            self._flush_lookups().add_done_callback(functools.partial(self._lookup_done, now))
-        if self._fetches and (self._fetch_since is None or now - self._fetch_since > self.STALE_S):
-            self._fetch_since = now
-            self._flush_fetches().add_done_callback(functools.partial(self._fetch_done, now))
-        if (self._lookups or self._fetches) and self._timer is None:
-            self._timer = loop.call_later(self.STALE_S, self._look_again)  # queued behind a call in flight
-
-    def _look_again(self) -> None:
-        self._timer = None
-        self._arrived()
-
-    def _lookup_done(self, since: float, _: asyncio.Task[None]) -> None:
-        if self._lookup_since == since:  # not a stale call that was overtaken
-            self._lookup_since = None
-            self._arrived()
-
-    def _fetch_done(self, since: float, _: asyncio.Task[None]) -> None:
-        if self._fetch_since == since:
-            self._fetch_since = None
-            self._arrived()
-
-
-class BatchedReader(_GatheringReader):
-    """An offline batch's reader: the reads made by the checks of one `run` reach Redis together."""
-
-    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None) -> None:
-        super().__init__(client, layout, chunks)
-        self._running = 0
-
-    async def run(self, checks: Sequence[Awaitable[T]]) -> list[T | BaseException]:
-        """Await `checks` (coroutines reading through this reader) together; an exception is
-        returned in its check's place."""
-        if self._running:
-            raise RuntimeError("BatchedReader.run is already running")
-        self._running = len(checks)
-
-        async def one(check: Awaitable[T]) -> T:
-            try:
-                return await check
-            finally:
-                self._running -= 1
-                self._arrived()
-
-        return await asyncio.gather(*(one(c) for c in checks), return_exceptions=True)
-
-    def _arrived(self) -> None:
-        waiting = len(self._lookups) + len(self._fetches)
-        if waiting and waiting >= self._running:
-            self._flush_lookups()
-            self._flush_fetches()
 
 
 def _settle(future: asyncio.Future[T], value: T) -> None:

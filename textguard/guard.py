@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
-from textguard.batch import BatchedReader, SharedReader
+from textguard.batch import BatchedReader
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.normalise import Normalised, normalise
@@ -80,7 +80,7 @@ class Guard:
         if self._detector is None or self._reader is None:
             if self._client is None:
                 self._client = connect_async(self.settings)
-            self._reader = SharedReader(self._client, self.pipeline.layout)
+            self._reader = IndexReader(self._client, self.pipeline.layout)
             self._detector = Detector(self.pipeline, self._reader)
         return self._detector, self._reader
 
