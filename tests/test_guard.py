@@ -64,3 +64,20 @@ def test_async_checks_run_concurrently_on_one_guard(indexed: Settings, corpus_re
 
     verdicts = asyncio.run(main())
     assert all(v != "allow" for v in verdicts[:8]) and verdicts[8:] == ["allow"] * 4
+
+
+def test_more_concurrent_checks_than_pooled_connections_all_run(indexed: Settings, corpus_records: list[dict]) -> None:
+    """A burst beyond the pool's 64 connections waits for connections instead of skipping."""
+    copied = "我背一段给你听：" + corpus_records[0]["text"][500:700] + "就是这样。"
+
+    async def burst() -> tuple[str, list[str]]:
+        guard = Guard(indexed)
+        try:
+            alone = await guard.check(copied, fail_mode="raise")
+            verdicts = await asyncio.gather(*(guard.check(copied, fail_mode="raise") for _ in range(150)))
+            return alone.verdict, [v.verdict for v in verdicts]
+        finally:
+            await guard.aclose()
+
+    alone, together = asyncio.run(burst())
+    assert alone != "allow" and together == [alone] * 150

@@ -145,6 +145,13 @@ def connect_async(settings: Settings) -> AsyncClient:
             return acluster.RedisCluster(
                 startup_nodes=[acluster.ClusterNode(h, p) for h, p in nodes], max_connections=64,
                 retry=_async_retry(), **options, **kwargs)
-        return aredis.Redis.from_url(settings.redis_url, max_connections=64, retry=_async_retry(), **kwargs)
-    return aredis.Redis(unix_socket_path=embedded_socket(settings.home), max_connections=64, retry=_async_retry(),
-                        **kwargs)
+    # A blocking pool: checks beyond its size wait for a connection (within their budget)
+    # rather than fail at once with "Too many connections", which under a burst of concurrent
+    # streams skipped checks that a moment's wait would have run.
+    options = {"max_connections": 64, "timeout": settings.redis_timeout_s, "retry": _async_retry(), **kwargs}
+    if settings.redis_url:
+        pool = aredis.BlockingConnectionPool.from_url(settings.redis_url, **options)
+    else:
+        pool = aredis.BlockingConnectionPool(connection_class=aredis.UnixDomainSocketConnection,
+                                             path=embedded_socket(settings.home), **options)
+    return aredis.Redis.from_pool(pool)
