@@ -138,4 +138,7 @@ def test_source_passages_read_stored_text(indexed: Settings, corpus_records: lis
     assert (second.start, second.text) == (8100, record["text"][8100:8300])
     assert (clipped.start, clipped.text) == (0, record["text"][:30])
     assert first.meta["id"] == record["id"] and missing is None
-    assert normalise(first.text).text  # real text, not an empty stub
+    for passage in (first, second, clipped):  # the normal form comes from the chunks' (4000-4200 spans two)
+        expected = normalise(passage.text)
+        assert expected.text and passage.normal.text == expected.text
+        assert passage.normal.offsets.tolist() == expected.offsets.tolist()

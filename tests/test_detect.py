@@ -7,6 +7,7 @@ import random
 import hypothesis
 import hypothesis.strategies as st
 import jieba
+import numpy as np
 import pytest
 
 from textguard import Guard, Settings, Verdict, detect
@@ -174,7 +175,7 @@ def test_the_span_prefilter_never_turns_away_a_region_with_a_span(shared: list[s
     source = "".join(gap + piece for gap, piece in zip(source_gaps, shared, strict=False))
     checked = detect._Query(query)
     normal = normalise(source)
-    hint = [(q, d) for q, d in hints if q < len(query) and d < len(source)]
+    hint = np.array([(q, d) for q, d in hints if q < len(query) and d < len(source)], dtype=np.int64).reshape(-1, 2)
     spans = [span for stretch in detect._stretches(detect._seeds(checked, normal, hint))
              for span in detect._verify(query, normal, 0, stretch)]
     hypothesis.event("has a span" if spans else "no span")

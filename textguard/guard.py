@@ -140,11 +140,13 @@ class Guard:
         if reason == "redis":
             telemetry.REDIS_ERRORS.inc()
 
-    async def check_many(self, texts: Sequence[str], *, fail_mode: FailMode | None = None) -> list[Verdict]:
+    async def check_many(self, texts: Sequence[str], *, fail_mode: FailMode | None = None,
+                         normalised: Sequence[Normalised] | None = None) -> list[Verdict]:
         """Check `texts` together: the verdicts `check` gives one by one, but the lookups of all
         go to Redis in one round trip and their fetches of stored text in another (offline scans).
 
         There is no time budget; each verdict's `elapsed_ms` is the batch's time shared equally.
+        `normalised` (the texts' normal forms) spares normalising them where the caller has.
         """
         started = time.perf_counter()
         _, reader = self._ensure_detector()
@@ -158,7 +160,8 @@ class Guard:
             raise
         except _SKIPPABLE as exc:
             return [self._skip(text, _reason(exc), exc, started, mode) for text in texts]
-        normalised = [normalise(text) for text in texts]
+        if normalised is None:
+            normalised = [normalise(text) for text in texts]
         found = await batch.run([detector.find(n) for n in normalised])
         share = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
         verdicts = []
