@@ -177,14 +177,16 @@ def test_shards_together_cover_the_file_exactly_once(indexed: Settings, corpus_r
     assert sorted(seen) == sorted(f"a{i:03d}" for i in range(40) if i != 9) and malformed == 1
 
 
-def test_two_workers_give_the_results_of_one(indexed: Settings, corpus_records: list[dict],
+def test_workers_and_batch_sizes_give_the_same_results(indexed: Settings, corpus_records: list[dict],
                                              negative_records: list[dict], tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", mixed(corpus_records, negative_records, 60))
     one, _ = scan(indexed, ScanOptions(str(source), tmp_path / "one.jsonl", batch=8))
     two, _ = scan(indexed, ScanOptions(str(source), tmp_path / "two.jsonl", batch=8, workers=2))
-    assert [r["id"] for r in two] == [r["id"] for r in one]
-    assert [(r["verdict"], r["matches"], r["metrics"]) for r in two] == [
-        (r["verdict"], r["matches"], r["metrics"]) for r in one]
+    singly, _ = scan(indexed, ScanOptions(str(source), tmp_path / "singly.jsonl", batch=1))  # many batches in flight
+    for other in (two, singly):
+        assert [r["id"] for r in other] == [r["id"] for r in one]
+        assert [(r["verdict"], r["matches"], r["metrics"]) for r in other] == [
+            (r["verdict"], r["matches"], r["metrics"]) for r in one]
     assert {r["verdict"] for r in one} == {"allow", "rewrite"}
 
 

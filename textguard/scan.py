@@ -30,7 +30,7 @@ from textguard.detect import Match
 from textguard.errors import TextGuardError
 from textguard.guard import Guard
 from textguard.metrics import LITERAL_ROUGE_L, MIN_RUN, compare, compare_normalised, coverage
-from textguard.normalise import normalise
+from textguard.normalise import Normalised, normalise
 from textguard.policy import Verdict
 from textguard.settings import Settings
 from textguard.store import DocumentRegion
@@ -231,6 +231,10 @@ def prepare_output(path: Path) -> set[str]:
     return {result_key(record["id"]) for record in read_results(path)}
 
 
+LANES = 2
+"""Batches a scanner works on at once: while one waits on Redis, the other computes."""
+
+
 class BatchScanner:
     """Checks batches of answers and builds their result records (one per worker process)."""
 
@@ -239,22 +243,37 @@ class BatchScanner:
         self._min_run = min_run
         self._loop = asyncio.new_event_loop()
 
-    def scan(self, items: Sequence[Item]) -> list[Record]:
-        return self._loop.run_until_complete(self._scan(items))
+    def scan(self, batches: Iterable[Sequence[Item]]) -> Iterator[list[Record]]:
+        """The records of each batch, in order. `LANES` batches are in flight at a time: a
+        check spends a fifth of its time waiting on Redis, which is running on another core."""
+        pending: deque[asyncio.Task[list[Record]]] = deque()
+        try:
+            for items in batches:
+                pending.append(self._loop.create_task(self._scan(items)))
+                if len(pending) >= LANES:
+                    yield self._loop.run_until_complete(pending.popleft())
+            while pending:
+                yield self._loop.run_until_complete(pending.popleft())
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     async def _scan(self, items: Sequence[Item]) -> list[Record]:
-        verdicts = await self._guard.check_many([item.text for item in items], fail_mode="raise")
+        normalised = [normalise(item.text) for item in items]
+        verdicts = await self._guard.check_many([item.text for item in items], fail_mode="raise",
+                                                normalised=normalised)
         stretches = [_stretches(verdict) for verdict in verdicts]
         wanted = [(doc_id, start - CONTEXT_CHARS, end + CONTEXT_CHARS)
                   for found in stretches for doc_id, (start, end) in found.items()]
         passages = iter(await self._guard.source_passages(wanted) if wanted else [])
-        return [self._record(item, verdict, {doc_id: (start, end, next(passages))
-                                             for doc_id, (start, end) in found.items()})
-                for item, verdict, found in zip(items, verdicts, stretches, strict=True)]
+        return [self._record(item, normal, verdict, {doc_id: (start, end, next(passages))
+                                                     for doc_id, (start, end) in found.items()})
+                for item, normal, verdict, found in zip(items, normalised, verdicts, stretches, strict=True)]
 
-    def _record(self, item: Item, verdict: Verdict,
+    def _record(self, item: Item, normalised: Normalised, verdict: Verdict,
                 sources: dict[str, tuple[int, int, DocumentRegion | None]]) -> Record:
-        normalised = normalise(item.text)
         found = [*verdict.matches, *verdict.quotations]
         record: Record = {
             "id": item.id, "line": item.line, "verdict": verdict.verdict, "checked_chars": verdict.checked_chars,
@@ -268,8 +287,7 @@ class BatchScanner:
         for doc_id, (start, end, region) in sources.items():  # best-matching document first
             if region is None:
                 continue  # taken down since the check
-            inner = region.text[start - region.start:end - region.start]
-            comparison = compare_normalised(normalised.text, normalise(inner).text, self._min_run)
+            comparison = compare_normalised(normalised.text, region.cut(start, end).normal.text, self._min_run)
             if metrics["doc_id"] is None:
                 metrics.update({**comparison.to_dict(), "doc_id": doc_id})
             metrics["longest_run"] = max(metrics["longest_run"], comparison.longest_run)
@@ -316,10 +334,10 @@ def _start_worker(settings: Settings, min_run: int) -> None:
     _worker = BatchScanner(settings, min_run)
 
 
-def _scan_in_worker(items: list[Item]) -> list[Record]:
+def _scan_in_worker(batches: list[list[Item]]) -> list[list[Record]]:
     assert _worker is not None
     try:
-        return _worker.scan(items)
+        return list(_worker.scan(batches))
     except TextGuardError as exc:  # (re-raised in the parent; a plain message survives pickling)
         raise ScanError(str(exc)) from None
 
@@ -333,25 +351,26 @@ def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 def _in_process(settings: Settings, options: ScanOptions, batches: Iterator[list[Item]]) -> Iterator[list[Record]]:
     scanner = BatchScanner(settings, options.min_run)
     try:
-        for batch in batches:
-            yield scanner.scan(batch)
+        yield from scanner.scan(batches)
     finally:
         scanner.close()
 
 
 def _in_workers(settings: Settings, options: ScanOptions, batches: Iterator[list[Item]]) -> Iterator[list[Record]]:
-    """Results in input order, with at most two batches per worker in flight (bounded memory)."""
+    """Results in input order, with at most two tasks (of `LANES` batches) per worker in flight
+    (bounded memory)."""
     # spawn, not fork: the parent runs threads (progress bar, Redis client) that a fork would copy mid-state
     pool = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(settings, options.min_run))
-    pending: deque[Future[list[Record]]] = deque()
+    pending: deque[Future[list[list[Record]]]] = deque()
+    tasks = iter(lambda: list(islice(batches, LANES)), [])
     try:
-        for batch in batches:
-            pending.append(pool.submit(_scan_in_worker, batch))
+        for task in tasks:
+            pending.append(pool.submit(_scan_in_worker, task))
             if len(pending) >= 2 * options.workers:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
