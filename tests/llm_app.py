@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -78,7 +78,10 @@ def _watched(app: ASGIApp, recorder: Recorder) -> ASGIApp:
 
 def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> ASGIApp:
     async def chat(request: Request) -> Response:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # gone before its request was read (a load run ending): no one to answer
+            return Response(status_code=499)
         recorder.requests.append((dict(request.headers), raw))
         body = json.loads(raw)
         text = _answer(body)
