@@ -60,9 +60,9 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CHUNK_CHARS = 4096
 CACHED_CHUNKS = 1024
-"""Decoded text chunks a reader keeps (24 KB or so each, with their normal form). A few documents are the chance
-candidates of many clean answers, since they share common phrases: over 1,000 real chat
-answers, 97% of the chunks checks fetched had been fetched before."""
+"""Decoded text chunks a reader keeps (24 KB or so each, with their normal form). A few
+documents are the chance candidates of many clean answers, since they share common phrases:
+over 1,000 real chat answers, 97% of the chunks checks fetched had been fetched before."""
 FIELD_BYTES = 5
 POSTING_DTYPE = np.dtype([("n", ">u4"), ("o", ">u4")])  # internal document number, original character offset
 SHARDS = 64
@@ -324,7 +324,7 @@ class _Chunk:
 
 def _joined(chunks: Sequence[_Chunk]) -> tuple[str, Normalised]:
     """The text of consecutive chunks, and its normal form."""
-    offsets = [chunk.normal_offsets + np.int64(i * CHUNK_CHARS) for i, chunk in enumerate(chunks)]
+    offsets = [chunk.normal_offsets.astype(np.int64) + i * CHUNK_CHARS for i, chunk in enumerate(chunks)]
     return "".join(c.text for c in chunks), Normalised("".join(c.normal_text for c in chunks), np.concatenate(offsets))
 
 
