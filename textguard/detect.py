@@ -119,12 +119,16 @@ class Detector:
         spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
         metas: dict[int, dict[str, Any]] = {}
         query = _Query(normalised.text)
+        # per candidate, once however many regions of it come back: its hits as rows, and the
+        # stretches close to them
+        hit_rows = {number: np.array(hits[number], dtype=np.int64) for number in ranked}
+        close = {number: _clusters(hits[number], _NARROW) for number in ranked}
         for region in await self._reader.regions(wanted):
             metas[region.number] = region.meta
-            doc_hits = np.array(hits[region.number], dtype=np.int64)
+            doc_hits = hit_rows[region.number]
             # Most candidates are chance: first verify only the hits' close surroundings, and
             # the whole fetched region (a mosaic's other sentences) only where they hold a copy.
-            narrow = [region.cut(start, end) for start, end in _clusters(hits[region.number], _NARROW)]
+            narrow = [region.cut(start, end) for start, end in close[region.number]]
             if any(_spans_in(query, piece, doc_hits) for piece in narrow):
                 spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits, screen=False))
         if memo is not None:
