@@ -3,10 +3,14 @@ model on its own uvicorn, `textguard proxy` as a process of its own, the officia
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
@@ -14,10 +18,16 @@ import openai
 import pytest
 from llm_app import BREAK, SLOW, Recorder, create_app
 from servers import serve, spawn
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from test_middleware import AFTER, BEFORE, collect
 from test_stream import longest_shared_run
 
 from textguard import Settings
+from textguard._asgi import Message, Receive, Scope, Send
+from textguard._redis import connect_sync
+from textguard.audit import stream_key
+from textguard.proxy import Forwarder
 from textguard.server import create_app as create_textguard_app
 
 TOKEN = "test-admin-token-0123456789abcdef"
@@ -85,6 +95,46 @@ def test_answers_through_the_proxy_clean_rewritten_blocked(proxy: str, recorder:
 
     blocked = ask(proxy, record["text"][:1500]).choices[0]
     assert blocked.finish_reason == "content_filter" and record["work"] in blocked.message.content
+
+
+def test_rewritten_answers_through_the_proxy_are_audited(proxy: str, recorder: Recorder, record: dict,
+                                                        indexed: Settings) -> None:
+    audit = connect_sync(indexed)
+    entries = audit.xlen(stream_key(indexed.index))
+    copied = record["text"][1000:1100]
+    for _ in range(3):
+        assert "出自" in ask(proxy, BEFORE + copied + AFTER).choices[0].message.content
+    deadline = time.monotonic() + 10
+    while audit.xlen(stream_key(indexed.index)) < entries + 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # written after the answer is out: wait for the condition, bounded
+    assert audit.xlen(stream_key(indexed.index)) == entries + 3
+
+
+def test_what_the_app_does_after_the_answer_is_out_is_not_cut_short(upstream: str, recorder: Recorder) -> None:
+    """Once a whole answer is out, uvicorn reports every receive() as a disconnect. The forwarder
+    must not take that for a client gone and cancel the send still under way: the guard writes
+    its audit entry there (cancelled, the entry could be lost, and was its Redis connection)."""
+    forwarder = Forwarder(Settings(upstream_url=upstream))
+    finished = threading.Event()
+
+    async def slow_after_answer(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_then_work(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await asyncio.sleep(0.2)  # the work itself (a slow audit write), not a synchronisation
+                finished.set()
+        await forwarder(scope, receive, send_then_work)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await forwarder.open()
+        yield
+        await forwarder.aclose()
+
+    app = Starlette(routes=[Mount("/v1", slow_after_answer)], lifespan=lifespan)
+    with serve(app, lifespan="on") as url:
+        assert ask(url, "你好").choices[0].message.content == "你好"
+        assert finished.wait(10), "the send after the answer was cancelled"
 
 
 def test_streams_through_the_proxy(proxy: str, recorder: Recorder, record: dict,

@@ -83,6 +83,7 @@ class _Exchange:
         self.send = send
         self.disconnected = False
         self.body_sent = asyncio.Event()
+        self.answer_handed_on = False  # the last message of the answer has gone to send()
 
     async def run(self) -> None:
         """Relay, and stop (closing the upstream request) as soon as the client is gone."""
@@ -90,6 +91,11 @@ class _Exchange:
         watch = asyncio.ensure_future(self._wait_for_disconnect())
         try:
             await asyncio.wait({exchange, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if self.answer_handed_on and not exchange.done():
+                # Once a whole answer is out, servers report every receive() as a disconnect.
+                # What the send still does then (the guard's audit write) is not cut short:
+                # cancelling it would lose the entry and the Redis connection it was using.
+                await asyncio.wait({exchange})
         finally:
             for task in (exchange, watch):
                 task.cancel()
@@ -170,6 +176,7 @@ class _Exchange:
                              "upstream_broken")
             return
         await self.send(self._start(response))
+        self.answer_handed_on = True
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _relay_stream(self, response: httpx2.Response) -> None:
@@ -190,6 +197,7 @@ class _Exchange:
         await self._send_final(b"")
 
     async def _send_final(self, body: bytes) -> None:
+        self.answer_handed_on = True
         with contextlib.suppress(OSError):  # the client is gone: nothing to finish
             await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
