@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from textguard import CheckSkipped, Guard, Settings
+from textguard._redis import connect_async, connect_sync
 from textguard.guard import SKIP_LOG_INTERVAL_S
 
 
@@ -31,6 +34,58 @@ def test_spent_budget_is_a_skip(indexed: Settings) -> None:
     assert verdict.skipped == "timeout" and verdict.verdict == "allow"
     assert guard.skipped["timeout"] == 1
     guard.close()
+
+
+def connections_received(settings: Settings) -> int:
+    """How many connections the Redis server (every node of a cluster) has accepted so far."""
+    stats: Any = connect_sync(settings).info("stats")
+    nodes = stats.values() if "total_connections_received" not in stats else [stats]
+    return sum(int(node["total_connections_received"]) for node in nodes)
+
+
+def test_checks_over_budget_are_skipped_without_dropping_connections(indexed: Settings,
+                                                                     corpus_records: list[dict]) -> None:
+    """A check whose budget is spent before a Redis round trip (by its CPU work, or waiting for
+    the processor under load) is skipped without starting it. Cancelled in the middle of one
+    instead, redis-py would drop the connection, and the next check would pay for a new one;
+    and through redis-py's own write, the budget was not noticed at all (the check went on)."""
+    copied = corpus_records[0]["text"][:3000]
+
+    async def over_budget_then_normal() -> list[str | None]:
+        guard = Guard(indexed)
+        try:
+            assert (await guard.check(copied, fail_mode="raise")).verdict == "block"  # connected and warm
+            before = connections_received(indexed)
+            skips = []
+            for _ in range(20):
+                skips.append((await guard.check(copied, budget_ms=0.0, fail_mode="open")).skipped)
+                assert (await guard.check(copied, fail_mode="raise")).verdict == "block"
+            assert connections_received(indexed) - before <= 3  # this test's own, and the pool growing by one
+            return skips
+        finally:
+            await guard.aclose()
+
+    assert asyncio.run(over_budget_then_normal()) == ["timeout"] * 20
+
+
+def test_a_spent_timeout_stops_a_redis_command(tmp_path: Path) -> None:
+    """redis-py writes each command through asyncio.wait_for, which on Python 3.11 drops a
+    cancellation that arrives as the write completes; our connections to one Redis server (here
+    the embedded one) write without it."""
+
+    async def ping_with_no_time_left() -> bool:
+        client = connect_async(Settings(home=tmp_path))
+        try:
+            await client.ping()
+            async with asyncio.timeout(0):
+                await client.ping()
+            return False
+        except TimeoutError:
+            return True
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ping_with_no_time_left())
 
 
 def test_a_flood_of_skips_is_counted_in_full_and_logged_in_summary(indexed: Settings,

@@ -9,6 +9,7 @@ the nodes listed are only where discovery starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -154,4 +155,44 @@ def connect_async(settings: Settings) -> AsyncClient:
     else:
         pool = aredis.BlockingConnectionPool(connection_class=aredis.UnixDomainSocketConnection,
                                              path=embedded_socket(settings.home), **options)
+    pool.connection_class = _PROMPT_WRITES.get(pool.connection_class, pool.connection_class)
     return aredis.Redis.from_pool(pool)
+
+
+class _PromptWrites:
+    """Writes a command under `asyncio.timeout` rather than redis-py's `asyncio.wait_for`.
+
+    On Python 3.11, wait_for runs every write as a task of its own (two more turns of the event
+    loop per command) and drops a cancellation that arrives as the write completes (CPython
+    gh-86296): a check whose budget ran out during its CPU work then went on past it.
+    """
+
+    socket_timeout: float | None
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        timeout, self.socket_timeout = self.socket_timeout, None  # redis-py writes directly without one
+        try:
+            async with asyncio.timeout(timeout):
+                await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except TimeoutError:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise redis.exceptions.TimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = timeout
+
+
+class _PromptConnection(_PromptWrites, aredis.Connection):
+    pass
+
+
+class _PromptSSLConnection(_PromptWrites, aredis.SSLConnection):
+    pass
+
+
+class _PromptUnixConnection(_PromptWrites, aredis.UnixDomainSocketConnection):
+    pass
+
+
+_PROMPT_WRITES: dict[type[Any], type[Any]] = {
+    aredis.Connection: _PromptConnection, aredis.SSLConnection: _PromptSSLConnection,
+    aredis.UnixDomainSocketConnection: _PromptUnixConnection}

@@ -19,7 +19,7 @@ from textguard.normalise import Normalised, normalise
 from textguard.pipeline import Pipeline
 from textguard.policy import Policy, Verdict
 from textguard.settings import Settings
-from textguard.store import DocumentRegion, IndexReader
+from textguard.store import DocumentRegion, IndexReader, check_deadline
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,9 +120,13 @@ class Guard:
         if normalised is None:
             normalised = normalise(text)
         try:
-            async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
-                await reader.ensure_compatible()
-                matches = await detector.find(normalised, memo)
+            async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None) as budget:
+                deadline = check_deadline.set(budget.when())
+                try:
+                    await reader.ensure_compatible()
+                    matches = await detector.find(normalised, memo)
+                finally:
+                    check_deadline.reset(deadline)
         except IndexMismatchError:
             raise
         except _SKIPPABLE as exc:

@@ -31,6 +31,7 @@ that the first one's purge then frees, losing entries of other documents.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
@@ -48,7 +49,9 @@ import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
 from redis.commands.core import AsyncScript, Script
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError, MovedError, NoScriptError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient
 from textguard.errors import IndexMismatchError, StoreUnavailableError
@@ -527,7 +530,7 @@ class NodePipelines:
                         replies[i] = await connection.read_response()
                     except ResponseError as exc:  # the reply was read whole: the connection stays in step
                         replies[i] = exc
-            except (ConnectionError, TimeoutError, OSError, asyncio.CancelledError):
+            except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.CancelledError):
                 self._stale = True
                 await connection.disconnect()
                 raise
@@ -565,6 +568,20 @@ def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+check_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("textguard_check_deadline",
+                                                                           default=None)
+"""The event loop time by which the current check must be done (None: no budget)."""
+
+
+def _ensure_time_left() -> None:
+    """Do not start a round trip for a check already over its budget (CPU work or a wait for
+    the processor used it up): cancelled in the middle of the round trip instead, redis-py
+    would drop the connection, and under overload every such check would cost a new one."""
+    deadline = check_deadline.get()
+    if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+        raise TimeoutError("the check's time budget ran out before its next Redis round trip")
+
+
 class IndexReader:
     """The request path, no writes: at most two pipelined round trips per check (on a cluster,
     per node: the pipelines to the nodes run at once)."""
@@ -597,6 +614,7 @@ class IndexReader:
         tag touched, pipelined per node."""
         if len(band_keys) == 0 or not await self.ensure_compatible():
             return Postings.empty()
+        _ensure_time_left()
         buckets, fields = self._layout.packed(band_keys)
         prefix = self._layout.base + ":"
         if self._nodes is not None:
@@ -637,6 +655,7 @@ class IndexReader:
         held = [{c: cached for c in chunks if (cached := self.chunks.get(number, c)) is not None} if use_cache else {}
                 for number, chunks in zip(numbers, chunk_lists, strict=True)]
         missing = [[c for c in chunks if c not in have] for chunks, have in zip(chunk_lists, held, strict=True)]
+        _ensure_time_left()
         reads = [[self._layout.live, *(str(n) for n in numbers)]]
         reads += [[self._layout.document(number), "meta", *(f"t{c}" for c in chunks)]
                   for number, chunks in zip(numbers, missing, strict=True)]
