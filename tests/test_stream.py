@@ -49,7 +49,9 @@ def test_released_stream_never_holds_more_than_q_of_a_work(indexed: Settings, co
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=len(text) // 2))
 
     async def run() -> tuple[str, bool]:
-        guard = Guard(indexed)
+        # Failing closed, the bound holds even for a check that overruns its budget on a busy
+        # machine (failing open, such a check passes its text by design, and is counted).
+        guard = Guard(indexed.replace(fail_mode="closed"))
         try:
             return await stream_through(guard, text, cuts)
         finally:
