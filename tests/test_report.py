@@ -84,8 +84,11 @@ def console_errors(browser: WebDriver) -> list[dict]:
 
 
 def requested_urls(browser: WebDriver) -> list[str]:
+    """What was fetched, but for the browser's own chrome:// pages and icons (which Chromium
+    sometimes loads for its start page while the report opens)."""
     messages = (json.loads(entry["message"])["message"] for entry in browser.get_log("performance"))
-    return [m["params"]["request"]["url"] for m in messages if m["method"] == "Network.requestWillBeSent"]
+    return [url for m in messages if m["method"] == "Network.requestWillBeSent"
+            and not (url := m["params"]["request"]["url"]).startswith("chrome://")]
 
 
 def column(browser: WebDriver, index: int) -> list[str]:
