@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from textguard import CheckSkipped, Guard, Settings
-from textguard._redis import connect_async, connect_sync
+from textguard._redis import SyncClient, connect_async, connect_sync
 from textguard.guard import SKIP_LOG_INTERVAL_S
 
 
@@ -36,9 +36,9 @@ def test_spent_budget_is_a_skip(indexed: Settings) -> None:
     guard.close()
 
 
-def connections_received(settings: Settings) -> int:
+def connections_received(client: SyncClient) -> int:
     """How many connections the Redis server (every node of a cluster) has accepted so far."""
-    stats: Any = connect_sync(settings).info("stats")
+    stats: Any = client.info("stats")
     nodes = stats.values() if "total_connections_received" not in stats else [stats]
     return sum(int(node["total_connections_received"]) for node in nodes)
 
@@ -53,16 +53,18 @@ def test_checks_over_budget_are_skipped_without_dropping_connections(indexed: Se
 
     async def over_budget_then_normal() -> list[str | None]:
         guard = Guard(indexed)
+        admin = connect_sync(indexed)
         try:
             assert (await guard.check(copied, fail_mode="raise")).verdict == "block"  # connected and warm
-            before = connections_received(indexed)
+            before = connections_received(admin)
             skips = []
             for _ in range(20):
                 skips.append((await guard.check(copied, budget_ms=0.0, fail_mode="open")).skipped)
                 assert (await guard.check(copied, fail_mode="raise")).verdict == "block"
-            assert connections_received(indexed) - before <= 3  # this test's own, and the pool growing by one
+            assert connections_received(admin) - before <= 3  # this test's own, and the pool growing by one
             return skips
         finally:
+            admin.close()
             await guard.aclose()
 
     assert asyncio.run(over_budget_then_normal()) == ["timeout"] * 20

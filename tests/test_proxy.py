@@ -99,15 +99,16 @@ def test_answers_through_the_proxy_clean_rewritten_blocked(proxy: str, recorder:
 
 def test_rewritten_answers_through_the_proxy_are_audited(proxy: str, recorder: Recorder, record: dict,
                                                         indexed: Settings) -> None:
-    audit = connect_sync(indexed)
-    entries = audit.xlen(stream_key(indexed.index))
+    audit, key = connect_sync(indexed), stream_key(indexed.index)
+    entries = audit.xlen(key)
     copied = record["text"][1000:1100]
     for _ in range(3):
         assert "出自" in ask(proxy, BEFORE + copied + AFTER).choices[0].message.content
     deadline = time.monotonic() + 10
-    while audit.xlen(stream_key(indexed.index)) < entries + 3 and time.monotonic() < deadline:
+    while audit.xlen(key) < entries + 3 and time.monotonic() < deadline:
         time.sleep(0.01)  # written after the answer is out: wait for the condition, bounded
-    assert audit.xlen(stream_key(indexed.index)) == entries + 3
+    assert audit.xlen(key) == entries + 3
+    audit.close()
 
 
 def test_what_the_app_does_after_the_answer_is_out_is_not_cut_short(upstream: str, recorder: Recorder) -> None:
