@@ -248,3 +248,23 @@ def test_a_guard_reads_afresh_text_it_cached_once_the_index_is_built_anew(
             assert record["text"][match.source_start:match.source_end] in copied
     finally:
         guard.close()
+
+
+def test_a_withdrawn_work_does_not_match_from_text_a_guard_holds(
+    settings: Settings, corpus_records: list[dict]
+) -> None:
+    """A guard keeps the stored text it verified against, and verifies later candidates in it
+    without asking Redis; what it finds there must still be live. Here the work is withdrawn
+    but not yet purged (its postings still hit), as between the two steps of a takedown."""
+    record = corpus_records[0]
+    copied = _copy_of(record, 300)
+    guard = Guard(settings)
+    try:
+        with Corpus(settings) as corpus:
+            corpus.add([to_document(record)])
+            assert [m.doc_id for m in guard.check_sync(copied).matches] == [record["id"]]
+            assert corpus._writer.withdraw(record["id"]) is not None  # the takedown's first step alone
+            verdict = guard.check_sync(copied)
+            assert (verdict.verdict, verdict.matches) == ("allow", ())
+    finally:
+        guard.close()

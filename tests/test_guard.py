@@ -138,3 +138,29 @@ def test_more_concurrent_checks_than_pooled_connections_all_run(indexed: Setting
 
     alone, together = asyncio.run(burst())
     assert alone != "allow" and together == [alone] * 150
+
+
+def hmget_calls(client: SyncClient) -> int:
+    stats: Any = client.info("commandstats")
+    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_candidates_verified_in_vain_before_are_verified_again_without_a_fetch(
+        indexed: Settings, negative_records: list[dict]) -> None:
+    """Clean answers share common phrases with a few stored works by chance; verifying such a
+    candidate needs its text, which the guard keeps. Found nothing in it, the check has nothing
+    to confirm with Redis either: the only round trip left is the lookup."""
+    answers = [r["text"][:1500] for r in negative_records[:60]]
+    guard = Guard(indexed)
+    admin = connect_sync(indexed)
+    try:
+        before = hmget_calls(admin)
+        first = [guard.check_sync(text, fail_mode="raise") for text in answers]
+        between = hmget_calls(admin)
+        again = [guard.check_sync(text, fail_mode="raise") for text in answers]
+        assert between > before  # some chance candidates were fetched and verified...
+        assert hmget_calls(admin) == between  # ...and none needed Redis the second time
+        assert [v.verdict for v in again] == [v.verdict for v in first]
+    finally:
+        admin.close()
+        guard.close()

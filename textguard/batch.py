@@ -60,6 +60,11 @@ class BatchedReader(IndexReader):
         self._send_when_all_wait()
         return await future
 
+    def cached_regions(self, wanted: Wanted) -> list[DocumentRegion] | None:
+        """None: a batch's fetches share one round trip anyway, and confirming what held text
+        shows would take another (`live_metas` is not batched)."""
+        return None
+
     async def regions(self, wanted: Wanted) -> list[DocumentRegion]:
         future: asyncio.Future[list[DocumentRegion]] = asyncio.get_running_loop().create_future()
         self._fetches.append((wanted, future))

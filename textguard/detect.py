@@ -116,21 +116,25 @@ class Detector:
             return []
         wanted = {number: _fetch_ranges(hits[number], wide=rank < _WIDE_DOCUMENTS and len(hits[number]) >= _WIDE_HITS)
                   for rank, number in enumerate(ranked)}
-        spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
-        metas: dict[int, dict[str, Any]] = {}
         query = _Query(normalised.text)
         # per candidate, once however many regions of it come back: its hits as rows, and the
         # stretches close to them
         hit_rows = {number: np.array(hits[number], dtype=np.int64) for number in ranked}
         close = {number: _clusters(hits[number], _NARROW) for number in ranked}
-        for region in await self._reader.regions(wanted):
-            metas[region.number] = region.meta
-            doc_hits = hit_rows[region.number]
-            # Most candidates are chance: first verify only the hits' close surroundings, and
-            # the whole fetched region (a mosaic's other sentences) only where they hold a copy.
-            narrow = [region.cut(start, end) for start, end in close[region.number]]
-            if any(_spans_in(query, piece, doc_hits) for piece in narrow):
-                spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits, screen=False))
+        cached = self._reader.cached_regions(wanted)
+        regions = cached if cached is not None else await self._reader.regions(wanted)
+        spans_by_doc = _verified(query, regions, hit_rows, close)
+        metas = {region.number: region.meta for region in regions}
+        if cached is not None and spans_by_doc:  # found in text held from earlier checks: still live?
+            current = await self._reader.live_metas(sorted(spans_by_doc))
+            # (a number keeps its version within one index; the text is read afresh if not)
+            changed = {n: wanted[n] for n in current if current[n].get("sha256") != metas[n].get("sha256")}
+            spans_by_doc = {n: spans for n, spans in spans_by_doc.items() if n in current and n not in changed}
+            metas.update(current)
+            if changed:
+                regions = await self._reader.regions(changed)
+                spans_by_doc.update(_verified(query, regions, hit_rows, close))
+                metas.update({region.number: region.meta for region in regions})
         if memo is not None:
             for number in ranked:
                 if spans_by_doc.get(number):
@@ -158,6 +162,20 @@ class Detector:
             return Postings.empty()
         runs, numbers, offsets = np.array(held, dtype=np.int64).T
         return Postings(runs, numbers, offsets)
+
+
+def _verified(query: _Query, regions: Iterable[DocumentRegion], hit_rows: dict[int, np.ndarray],
+              close: dict[int, list[tuple[int, int]]]) -> dict[int, list[_Span]]:
+    """Spans per candidate document found in its `regions`. Most candidates are chance: each
+    region is first verified only close to the hits (`close`, original offset ranges), and
+    whole (a mosaic's other sentences) only where that holds a copy."""
+    spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
+    for region in regions:
+        doc_hits = hit_rows[region.number]
+        narrow = [region.cut(start, end) for start, end in close[region.number]]
+        if any(_spans_in(query, piece, doc_hits) for piece in narrow):
+            spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits, screen=False))
+    return spans_by_doc
 
 
 def _hits(key_anchors: np.ndarray, postings: Postings) -> dict[int, list[tuple[int, int]]]:

@@ -8,6 +8,7 @@ Keys, all under `textguard:v1:<index>` (the format version is part of the name):
     {…}:pending       hash  internal number -> JSON (writes in flight, or to be purged)
     {…}:versions      hash  document id -> JSON (its newest version: number, digest, writer, committed)
     {…}:stats, :seq   counters
+    {…}:nonce         random, set when the index is created: a rebuilt index reuses numbers
     …:{sN}:b<B>       hash  band key (5 bytes) -> postings (8 bytes each: number, offset)
     …:d:<number>      hash  "meta" -> JSON, "t<i>" -> zlib(GB18030) of 4,096-character chunks
 
@@ -123,9 +124,10 @@ return removed
 """
 
 # KEYS: bucket key per lookup (a cluster), or none. ARGV: key prefix, buckets (4 bytes each),
-# fields blob. One reply per lookup (nil when absent). On one Redis the key names are built
-# here rather than sent (a check looks up hundreds); a cluster needs them named, so that the
-# call is routed to their slot and refused (not answered wrongly) while that slot migrates.
+# fields blob, and on one Redis the nonce key. One reply per lookup (nil when absent), then on
+# one Redis the index's nonce. There the key names are built here rather than sent (a check
+# looks up hundreds); a cluster needs them named, so that the call is routed to their slot and
+# refused (not answered wrongly) while that slot migrates, and its nonce lives on another node.
 _LOOKUP = """
 local prefix, buckets, fields = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
@@ -137,6 +139,7 @@ for i = 1, #buckets / 4 do
   end
   out[i] = redis.call('HGET', key, string.sub(fields, (i - 1) * 5 + 1, i * 5)) or false
 end
+if ARGV[4] then out[#out + 1] = redis.call('GET', ARGV[4]) or false end
 return out
 """.replace("%(shards)d", str(SHARDS))
 
@@ -305,7 +308,7 @@ class DocumentRegion:
 
 @dataclass(frozen=True, slots=True)
 class _Chunk:
-    """One stored text chunk, decoded and normalised, under the digest of its document's version.
+    """One stored text chunk, decoded and normalised, with the metadata of its document's version.
 
     Checks verify against the normal form, so it is kept too: a check's candidates are mostly
     chunks it met before, and normalising them again was a tenth of a scan's time. (A region's
@@ -313,16 +316,27 @@ class _Chunk:
     where an OpenCC phrase rule would straddle a chunk's edge.)
     """
 
-    digest: str
+    meta: dict[str, Any]  # shared by the chunks of one version
     text: str
     normal_text: str
     normal_offsets: np.ndarray  # uint16 into `text`
 
+    @property
+    def digest(self) -> str:
+        return str(self.meta.get("sha256", ""))
+
     @classmethod
-    def decode(cls, digest: str, blob: bytes) -> _Chunk:
+    def decode(cls, meta: dict[str, Any], blob: bytes) -> _Chunk:
         text = _unpack_chunk(blob)
         normal = normalise(text)
-        return cls(digest, text, normal.text, normal.offsets.astype(np.uint16))
+        return cls(meta, text, normal.text, normal.offsets.astype(np.uint16))
+
+
+def _assembled(number: int, found: dict[int, _Chunk], meta: dict[str, Any] | None = None) -> list[DocumentRegion]:
+    """Regions of document `number` from its chunks at hand, one per run of consecutive ones;
+    `meta` read just now, or the chunks' own."""
+    return [DocumentRegion(number, meta or found[run[0]].meta, run[0] * CHUNK_CHARS, *_joined([found[c] for c in run]))
+            for run in _consecutive(sorted(found))]
 
 
 def _joined(chunks: Sequence[_Chunk]) -> tuple[str, Normalised]:
@@ -334,14 +348,22 @@ def _joined(chunks: Sequence[_Chunk]) -> tuple[str, Normalised]:
 class ChunkCache:
     """Decoded text chunks of stored documents; the least recently used go first.
 
-    A chunk never changes under its document number (a new version gets a new number); the
-    document's digest, read with its metadata at every fetch anyway, catches a number reused
-    by an index built anew.
+    A chunk never changes under its document number (a new version gets a new number), but an
+    index built anew hands the numbers out again. So the cache holds chunks of one index
+    `nonce` (each lookup reads it; another one empties the cache), and a fetch still compares
+    the digest read with the metadata.
     """
 
     def __init__(self, capacity: int = CACHED_CHUNKS) -> None:
         self.capacity = capacity
         self._chunks: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
+        self.nonce: bytes | None = None  # of the index the chunks came from; None: not known
+
+    def observe_nonce(self, nonce: bytes | None) -> None:
+        """The nonce a lookup just read: chunks of another index go."""
+        if nonce != self.nonce:
+            self._chunks.clear()
+            self.nonce = nonce
 
     def get(self, number: int, chunk: int) -> _Chunk | None:
         found = self._chunks.get((number, chunk))
@@ -385,6 +407,7 @@ class Layout:
         self.versions = f"{control}:versions"
         self.stats = f"{control}:stats"
         self.seq = f"{control}:seq"
+        self.nonce = f"{control}:nonce"
         self.params = params
         self._requested_bits = bucket_bits
         self.bucket_bits = bucket_bits
@@ -629,13 +652,34 @@ class IndexReader:
             replies = [reply for group in await self._nodes.run(calls, self._lookup) for reply in group]
             runs: Iterable[int] = np.concatenate(groups).tolist()
         else:
-            replies = await self._lookup(keys=[], args=[prefix, buckets.astype(">u4").tobytes(), fields])
+            *replies, nonce = await self._lookup(keys=[], args=[prefix, buckets.astype(">u4").tobytes(), fields,
+                                                                self._layout.nonce])
+            self.chunks.observe_nonce(nonce)
             runs = range(len(replies))
         return Postings.unpack(runs, replies)
 
     async def aclose(self) -> None:
         if self._nodes is not None:
             await self._nodes.aclose()
+
+    def cached_regions(self, wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion] | None:
+        """`regions(wanted)` from the chunks this reader holds, without a round trip; None unless
+        it holds them all (and knows they are of the index its last lookup saw).
+
+        They may have been withdrawn since: what is found in them must still be confirmed with
+        `live_metas`. But most candidates are chance, nothing is found, and nothing need be asked.
+        """
+        if self.chunks.nonce is None:
+            return None
+        regions: list[DocumentRegion] = []
+        for number in sorted(wanted):
+            chunks = chunk_numbers(wanted[number])
+            held = {c: chunk for c in chunks if (chunk := self.chunks.get(number, c)) is not None}
+            chars = next(iter(held.values())).meta.get("chars") if held else None
+            if chars is None or len(held) < sum(c * CHUNK_CHARS < int(chars) for c in chunks):
+                return None  # a chunk of the document that is not held (those past its end are none)
+            regions += _assembled(number, held)
+        return regions
 
     async def regions(self, wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion]:
         """Text around the wanted original offsets of live documents: one round trip, which
@@ -655,19 +699,7 @@ class IndexReader:
         held = [{c: cached for c in chunks if (cached := self.chunks.get(number, c)) is not None} if use_cache else {}
                 for number, chunks in zip(numbers, chunk_lists, strict=True)]
         missing = [[c for c in chunks if c not in have] for chunks, have in zip(chunk_lists, held, strict=True)]
-        _ensure_time_left()
-        reads = [[self._layout.live, *(str(n) for n in numbers)]]
-        reads += [[self._layout.document(number), "meta", *(f"t{c}" for c in chunks)]
-                  for number, chunks in zip(numbers, missing, strict=True)]
-        if self._nodes is not None:
-            encoded = [[part.encode() for part in read] for read in reads]
-            replies = await self._nodes.run([(key_slot(read[0]), _command(b"HMGET", *read)) for read in encoded])
-        else:
-            pipe = self._client.pipeline(transaction=False)
-            for key, *fields in reads:
-                pipe.hmget(key, fields)
-            replies = await pipe.execute()
-        live, *documents = replies
+        live, *documents = await self._read_documents(numbers, missing)
         regions: list[DocumentRegion] = []
         stale: list[int] = []
         for number, is_live, have, chunks, values in zip(numbers, live, held, missing, documents, strict=True):
@@ -678,15 +710,33 @@ class IndexReader:
             if any(chunk.digest != digest for chunk in have.values()):
                 stale.append(number)
                 continue
-            fetched = {c: _Chunk.decode(digest, blob) for c, blob in zip(chunks, values[1:], strict=True)
+            fetched = {c: _Chunk.decode(meta, blob) for c, blob in zip(chunks, values[1:], strict=True)
                        if blob is not None}
             if digest:  # without a digest one version cannot be told from another: not cached
                 for c, chunk in fetched.items():
                     self.chunks.put(number, c, chunk)
-            found = {**have, **fetched}
-            regions += [DocumentRegion(number, meta, run[0] * CHUNK_CHARS, *_joined([found[c] for c in run]))
-                        for run in _consecutive(sorted(found))]
+            regions += _assembled(number, {**have, **fetched}, meta)
         return regions, stale
+
+    async def live_metas(self, numbers: list[int]) -> dict[int, dict[str, Any]]:
+        """The metadata of those of `numbers` that are live now: one round trip."""
+        live, *documents = await self._read_documents(numbers, [[] for _ in numbers])
+        return {number: json.loads(values[0]) for number, is_live, values in zip(numbers, live, documents, strict=True)
+                if is_live is not None and values[0] is not None}
+
+    async def _read_documents(self, numbers: list[int], chunk_lists: list[list[int]]) -> list[list[Any]]:
+        """One round trip: which of `numbers` are live, then per number its metadata and chunks."""
+        _ensure_time_left()
+        reads = [[self._layout.live, *(str(n) for n in numbers)]]
+        reads += [[self._layout.document(number), "meta", *(f"t{c}" for c in chunks)]
+                  for number, chunks in zip(numbers, chunk_lists, strict=True)]
+        if self._nodes is not None:
+            encoded = [[part.encode() for part in read] for read in reads]
+            return await self._nodes.run([(key_slot(read[0]), _command(b"HMGET", *read)) for read in encoded])
+        pipe = self._client.pipeline(transaction=False)
+        for key, *fields in reads:
+            pipe.hmget(key, fields)
+        return list(await pipe.execute())
 
     async def passages(self, spans: Sequence[tuple[str, int, int]]) -> list[DocumentRegion | None]:
         """Stored text of each (document id, start, end), original offsets clipped to the
@@ -761,6 +811,7 @@ class IndexWriter:
                     self._layout.bucket_bits = choose_bucket_bits(expected_chars, small_hash_limit(self._client))
                 self._client.set(self._layout.meta, json.dumps(self._layout.record(), sort_keys=True), nx=True)
                 stored = self._client.get(self._layout.meta)  # another writer may have been first
+            self._client.set(self._layout.nonce, uuid.uuid4().hex, nx=True)  # (an index from before nonces gets one)
             if stored is None:
                 raise StoreUnavailableError(f"the index record {self._layout.meta!r} vanished as it was written")
             self._layout.adopt(stored)
