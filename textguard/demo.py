@@ -192,7 +192,13 @@ async def _serve(settings: Settings, works: dict[str, Document], out: TextIO) ->
             print(f"\ntextguard demo is running:\n  guarded proxy  {proxy_url}/v1\n"
                   f"  check API      {proxy_url}/v1/textguard/check\n  demo model     {model_url}/v1 (unguarded)",
                   file=out)
-            await _tour(proxy_url, out)
+            tour = asyncio.ensure_future(_tour(proxy_url, out))
+            await asyncio.wait([tour, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if any(server.should_exit for server in servers) or not tour.done():
+                tour.cancel()  # stopped (Ctrl-C) before the tour was over: its requests were cut off
+                await asyncio.gather(tour, return_exceptions=True)
+                return
+            tour.result()
             print(_instructions(proxy_url, model_url), file=out, flush=True)
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
