@@ -239,7 +239,7 @@ def ingest(settings: Settings, documents: Sequence[Document]) -> IngestResult:
             bar.update(chars)
 
         started = time.perf_counter()
-        report = corpus.add(iter(documents), progress=advance)
+        report = corpus.add(iter(documents), progress=advance, expected_chars=total)
         seconds = time.perf_counter() - started
         stats = corpus.stats()
     return IngestResult(len(documents), report.characters, seconds, stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +18,10 @@ import redis
 from conftest import index_keys, to_document
 
 from textguard import Corpus, Document, Guard, IndexMismatchError, Settings, StoreUnavailableError
+from textguard._redis import connect_async
 from textguard.normalise import normalise
-from textguard.store import POSTING_DTYPE, StagedDocument, choose_bucket_bits
+from textguard.pipeline import Pipeline
+from textguard.store import POSTING_DTYPE, IndexReader, StagedDocument, choose_bucket_bits
 
 
 def _copy_of(record: dict, chars: int = 200) -> str:
@@ -268,3 +272,68 @@ def test_a_withdrawn_work_does_not_match_from_text_a_guard_holds(
             assert (verdict.verdict, verdict.matches) == ("allow", ())
     finally:
         guard.close()
+
+
+def _calls(stats: Any, name: str) -> int:
+    """Calls of command `name` so far, from INFO commandstats."""
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_a_guard_holding_a_key_filter_finds_a_work_added_after_it_read_the_filter(
+    settings: Settings, corpus_records: list[dict]
+) -> None:
+    """The filter a guard read at start-up knows nothing of works added later; the lookup's
+    reply shows it out of date, and the keys it held back are looked up after all."""
+    first, later = corpus_records[0], corpus_records[1]
+
+    async def scenario() -> None:
+        guard = Guard(settings)
+        try:
+            with Corpus(settings) as corpus:
+                corpus.add([to_document(first)])
+                await guard.start()  # reads the filter: it holds the keys of `first` only
+                assert [m.doc_id for m in (await guard.check(_copy_of(first, 300))).matches] == [first["id"]]
+                corpus.add([to_document(later)])
+                before = _calls(await guard.redis.info("commandstats"), "evalsha")
+                verdict = await guard.check(_copy_of(later, 300))
+                after = _calls(await guard.redis.info("commandstats"), "evalsha")
+                assert after - before == 2  # the filtered lookup, then the keys it held back
+                assert [m.doc_id for m in verdict.matches] == [later["id"]]
+        finally:
+            await guard.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_key_filter_holds_every_stored_key_and_spares_redis_the_others(
+    indexed: Settings, corpus_records: list[dict], negative_records: list[dict]
+) -> None:
+    pipeline = Pipeline(indexed)
+    stored = np.concatenate([pipeline.sketch(normalise(r["text"]))[0].keys for r in corpus_records])
+    answers = [r["text"][:1000] for r in negative_records[:20]]
+    unrelated = np.unique(np.concatenate([pipeline.sketch(normalise(t))[0].keys for t in answers]))
+
+    async def scenario() -> None:
+        reader = IndexReader(connect_async(indexed), pipeline.layout)
+        guard = Guard(indexed)
+        try:
+            assert await reader.ensure_compatible()
+            await reader.refresh_filter()
+            membership = reader.key_filter.current
+            assert membership is not None
+            assert membership.may_contain(*pipeline.layout.filter_slots(stored)).all()
+            assert membership.may_contain(*pipeline.layout.filter_slots(unrelated)).mean() < 0.25
+            await guard.start()
+            hget_before = _calls(await guard.redis.info("commandstats"), "hget")
+            for answer in answers:
+                await guard.check(answer, fail_mode="raise")
+            hgets = _calls(await guard.redis.info("commandstats"), "hget") - hget_before
+            assert hgets < len(unrelated) / 4  # the keys no work holds were not asked for
+            long = [r for r in corpus_records if len(normalise(r["text"]).text) > 500][:10]
+            copies = [await guard.check(_copy_of(r, 300), fail_mode="raise") for r in long]
+            assert [v.matches[0].doc_id for v in copies] == [r["id"] for r in long]
+        finally:
+            await reader.aclose()
+            await guard.aclose()
+
+    asyncio.run(scenario())

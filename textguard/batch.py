@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from textguard._redis import AsyncClient
-from textguard.store import ChunkCache, DocumentRegion, IndexReader, Layout, Postings, cut_regions, ragged
+from textguard.store import ChunkCache, DocumentRegion, FilterSlot, IndexReader, Layout, Postings, cut_regions, ragged
 
 T = TypeVar("T")
 Wanted = dict[int, list[tuple[int, int]]]
@@ -31,8 +31,9 @@ round trip), so that none holds Redis, single-threaded, long enough to delay liv
 class BatchedReader(IndexReader):
     """An IndexReader whose reads, made by the checks of one `run`, reach Redis together."""
 
-    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None) -> None:
-        super().__init__(client, layout, chunks)
+    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None,
+                 key_filter: FilterSlot | None = None) -> None:
+        super().__init__(client, layout, chunks, key_filter)
         self._running = 0
         self._lookups: list[tuple[np.ndarray, asyncio.Future[Postings]]] = []
         self._fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]] = []

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 _META_FIELDS = ("title", "author", "work")
 _BATCH_CHARS = 200_000
 _FULL_BUCKETS = 0.75  # of the small-hash limit: past this, buckets start to lose their compact encoding
+_FEW_FILTER_BITS = 6  # per band entry: below this, 8% of absent keys and more pass the key filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,7 @@ class Corpus:
             report = _add_in_processes(self.settings, documents, progress, workers)
         else:
             report = self._add_here(documents, progress)
-        self._warn_if_buckets_full()
+        self._warn_if_undersized()
         return report
 
     def _add_here(self, documents: Iterable[Document], progress: Callable[[int], object] | None) -> AddReport:
@@ -208,12 +209,20 @@ class Corpus:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
         return AddReport(**totals)
 
-    def _warn_if_buckets_full(self) -> None:
+    def _warn_if_undersized(self) -> None:
+        """An index is sized when it is created, for what is about to be added (known when adding
+        files): one created for little and then filled with much says so."""
         fill = self._bucket_fill()
         if fill["entries_per_bucket"] > _FULL_BUCKETS * fill["small_hash_limit"]:
             logger.warning("band buckets average %.0f entries, near Redis's small-hash limit (%d): memory per "
                            "character will grow; rebuild into a new index with bucket_bits=%d",
                            fill["entries_per_bucket"], fill["small_hash_limit"], fill["bucket_bits"] + 1)
+        filter_bits = self._pipeline.layout.filter_bits
+        entries = self._writer.counters().get("entries", 0)
+        if filter_bits is not None and entries and SHARDS * 2 ** filter_bits / entries < _FEW_FILTER_BITS:
+            logger.warning("the key filter has %.1f bits per band entry: it lets through more and more keys that "
+                           "no work holds; rebuild into a new index, adding the corpus from its files at once",
+                           SHARDS * 2 ** filter_bits / entries)
 
     def _bucket_fill(self) -> dict[str, Any]:
         bits = self._pipeline.layout.bucket_bits or 0

@@ -93,9 +93,12 @@ class Guard:
 
     async def start(self) -> None:
         """Connect ahead of the first check (a server's start-up). An unreachable Redis is
-        logged, not fatal: the fail mode handles it per check until Redis answers."""
+        logged, not fatal: the fail mode handles it per check until Redis answers. The index's
+        key filter is read here too, so that the first checks already look up only what may be there."""
+        _, reader = self._ensure_detector()
         try:
             await self.ping()
+            await reader.refresh_filter()
         except (*REDIS_ERRORS, OSError, StoreUnavailableError) as exc:
             logger.error("Redis is not reachable at start-up (checks will fail %s until it is): %s",
                          self.settings.fail_mode, exc)
@@ -156,7 +159,7 @@ class Guard:
         _, reader = self._ensure_detector()
         mode = fail_mode or self.settings.fail_mode
         assert self._client is not None
-        batch = BatchedReader(self._client, self.pipeline.layout, reader.chunks)
+        batch = BatchedReader(self._client, self.pipeline.layout, reader.chunks, reader.key_filter)
         detector = Detector(self.pipeline, batch)
         try:
             await reader.ensure_compatible()

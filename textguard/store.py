@@ -7,9 +7,10 @@ Keys, all under `textguard:v1:<index>` (the format version is part of the name):
     {…}:live          hash  internal number -> document id (what lookups may return)
     {…}:pending       hash  internal number -> JSON (writes in flight, or to be purged)
     {…}:versions      hash  document id -> JSON (its newest version: number, digest, writer, committed)
-    {…}:stats, :seq   counters
+    {…}:stats, :seq   counters (stats' `generation` counts commits: see membership.py)
     {…}:nonce         random, set when the index is created: a rebuilt index reuses numbers
     …:{sN}:b<B>       hash  band key (5 bytes) -> postings (8 bytes each: number, offset)
+    …:{sN}:f          bits  the shard's part of the filter of band keys held (membership.py)
     …:d:<number>      hash  "meta" -> JSON, "t<i>" -> zlib(GB18030) of 4,096-character chunks
 
 The control keys share one hash tag, so that commit and removal are single atomic scripts even
@@ -56,6 +57,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient
 from textguard.errors import IndexMismatchError, StoreUnavailableError
+from textguard.membership import MembershipFilter, choose_filter_bits, filter_positions
 from textguard.normalise import Normalised, normalise
 from textguard.sketch import SketchParams
 
@@ -75,13 +77,22 @@ MIN_BUCKET_BITS, MAX_BUCKET_BITS = 16, 24
 ENTRIES_PER_CHAR = 0.3  # band entries per corpus character, a little above the measured 0.26
 TARGET_FILL = 64  # band entries per bucket a new index is sized for
 FALLBACK_SMALL_HASH_LIMIT = 128  # assumed when the server will not say (CONFIG disabled)
+FILTER_REFRESH_SECONDS = 1.0
 
-# KEYS: bucket key per entry. ARGV: fields blob, postings blob, cap. Appends each posting to
-# its field unless present or the field already holds `cap` postings. Returns entries added.
+# KEYS: bucket key per entry, then the shard's filter key if ARGV[4] is given. ARGV: fields
+# blob, postings blob, cap, filter bit positions (4 bytes each). Sets the bits; appends each
+# posting to its field unless present or the field already holds `cap` postings. Returns
+# entries added.
 _ADD_POSTINGS = """
-local fields, postings, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local fields, postings, cap, bits = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local entries = #KEYS
+if bits then
+  entries = entries - 1
+  for j = 1, #bits, 4 do redis.call('SETBIT', KEYS[#KEYS], struct.unpack('>I4', bits, j), 1) end
+end
 local added = 0
-for i, key in ipairs(KEYS) do
+for i = 1, entries do
+  local key = KEYS[i]
   local field = string.sub(fields, (i - 1) * 5 + 1, i * 5)
   local posting = string.sub(postings, (i - 1) * 8 + 1, i * 8)
   if redis.call('HSETNX', key, field, posting) == 1 then
@@ -124,10 +135,11 @@ return removed
 """
 
 # KEYS: bucket key per lookup (a cluster), or none. ARGV: key prefix, buckets (4 bytes each),
-# fields blob, and on one Redis the nonce key. One reply per lookup (nil when absent), then on
-# one Redis the index's nonce. There the key names are built here rather than sent (a check
-# looks up hundreds); a cluster needs them named, so that the call is routed to their slot and
-# refused (not answered wrongly) while that slot migrates, and its nonce lives on another node.
+# fields blob, and on one Redis the nonce and stats keys. One reply per lookup (nil when
+# absent), then on one Redis the index's nonce and generation. There the key names are built
+# here rather than sent (a check looks up hundreds); a cluster needs them named, so that the
+# call is routed to their slot and refused (not answered wrongly) while that slot migrates, and
+# its nonce lives on another node.
 _LOOKUP = """
 local prefix, buckets, fields = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
@@ -139,7 +151,10 @@ for i = 1, #buckets / 4 do
   end
   out[i] = redis.call('HGET', key, string.sub(fields, (i - 1) * 5 + 1, i * 5)) or false
 end
-if ARGV[4] then out[#out + 1] = redis.call('GET', ARGV[4]) or false end
+if ARGV[4] then
+  out[#out + 1] = redis.call('GET', ARGV[4]) or false
+  out[#out + 1] = redis.call('HGET', ARGV[5], 'generation') or false
+end
 return out
 """.replace("%(shards)d", str(SHARDS))
 
@@ -167,6 +182,7 @@ redis.call('HSET', live, number, id)
 redis.call('HDEL', pending, number)
 redis.call('HINCRBY', stats, 'characters', ARGV[3])
 redis.call('HINCRBY', stats, 'entries', ARGV[4])
+redis.call('HINCRBY', stats, 'generation', 1)
 if old and old ~= number then
   redis.call('HDEL', live, old)
   redis.call('HSET', pending, old, cjson.encode({id = id, lease = 0, committed = true}))
@@ -389,6 +405,17 @@ def _consecutive(chunks: Iterable[int]) -> list[list[int]]:
     return runs
 
 
+class FilterSlot:
+    """The key filter the readers of one guard share (as they share a ChunkCache): the snapshot
+    lookups go through (None until read, or while out of date), and the background read of a
+    fresh one."""
+
+    def __init__(self) -> None:
+        self.current: MembershipFilter | None = None
+        self.refreshing: asyncio.Task[None] | None = None
+        self.next_refresh = 0.0  # event loop time before which no read starts
+
+
 class Layout:
     """Key names and the packing of band keys; shared by the reading and the writing side.
 
@@ -411,11 +438,14 @@ class Layout:
         self.params = params
         self._requested_bits = bucket_bits
         self.bucket_bits = bucket_bits
+        self.filter_bits: int | None = None  # chosen with a new index; None for one from before filters
         self._extra = extra or {}
         self._bucket_prefix = f"{self.base}:" + "{s%d}" + ":b%d"
 
     def record(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "bucket_bits": self.bucket_bits, **self.params.as_record(), **self._extra}
+        filter_bits = {} if self.filter_bits is None else {"filter_bits": self.filter_bits}
+        return {"format": FORMAT_VERSION, "bucket_bits": self.bucket_bits, **filter_bits,
+                **self.params.as_record(), **self._extra}
 
     def document(self, number: int) -> str:
         return f"{self.base}:d:{number}"
@@ -433,6 +463,19 @@ class Layout:
     def names(self, buckets: Iterable[int]) -> list[str]:
         return [self._bucket_prefix % (b % SHARDS, b) for b in buckets]
 
+    def filter_keys(self) -> list[str]:
+        return [f"{self.base}:{{s{shard}}}:f" for shard in range(SHARDS)]
+
+    def filter_slots(self, band_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each band key's shard and its bits in that shard's filter (the index must have one)."""
+        if self.bucket_bits is None or self.filter_bits is None:
+            raise RuntimeError("the index's bucket_bits and filter_bits are not known yet")
+        stored_bits = self.bucket_bits + 8 * FIELD_BYTES  # what bucket and field keep of a key
+        keys = band_keys.astype(np.uint64)
+        if stored_bits < 64:
+            keys = keys & np.uint64((1 << stored_bits) - 1)
+        return (keys % np.uint64(SHARDS)).astype(np.intp), filter_positions(keys, self.filter_bits)
+
     def entries(self, band_keys: np.ndarray) -> tuple[np.ndarray, list[str], bytes]:
         """Bucket numbers, bucket key names and the packed 5-byte fields for `band_keys`."""
         buckets, packed = self.packed(band_keys)
@@ -440,8 +483,10 @@ class Layout:
 
     def adopt(self, stored: str | bytes) -> None:
         """Take bucket_bits from the stored record unless set explicitly; then `check` it."""
+        record = json.loads(stored)
         if self._requested_bits is None:
-            self.bucket_bits = json.loads(stored).get("bucket_bits")
+            self.bucket_bits = record.get("bucket_bits")
+        self.filter_bits = record.get("filter_bits")
         self.check(stored)
 
     def check(self, stored: str | bytes | None) -> None:
@@ -609,10 +654,12 @@ class IndexReader:
     """The request path, no writes: at most two pipelined round trips per check (on a cluster,
     per node: the pipelines to the nodes run at once)."""
 
-    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None) -> None:
+    def __init__(self, client: AsyncClient, layout: Layout, chunks: ChunkCache | None = None,
+                 key_filter: FilterSlot | None = None) -> None:
         self._client = client
         self._layout = layout
         self.chunks = chunks if chunks is not None else ChunkCache()
+        self.key_filter = key_filter if key_filter is not None else FilterSlot()
         self._lookup = client.register_script(_LOOKUP)
         self._nodes = NodePipelines(client) if isinstance(client, acluster.RedisCluster) else None
         self._sha = self._lookup.sha.encode()
@@ -633,32 +680,95 @@ class IndexReader:
         return True
 
     async def lookup(self, band_keys: np.ndarray) -> Postings:
-        """Postings of every band key: one script call on one Redis; on a cluster, one per shard
-        tag touched, pipelined per node."""
+        """Postings of every band key: one script call on one Redis (for the keys its filter
+        lets through); on a cluster, one per shard tag touched, pipelined per node."""
         if len(band_keys) == 0 or not await self.ensure_compatible():
             return Postings.empty()
+        if self._nodes is None:
+            return await self._lookup_filtered(band_keys)
         _ensure_time_left()
         buckets, fields = self._layout.packed(band_keys)
-        prefix = self._layout.base + ":"
-        if self._nodes is not None:
-            groups = by_shard(buckets)
-            field_rows = np.frombuffer(fields, dtype=np.uint8).reshape(-1, FIELD_BYTES)
-            calls = []
-            for group in groups:
-                names = self._layout.names(buckets[group].tolist())
-                calls.append((_SHARD_SLOTS[int(buckets[group[0]]) % SHARDS], _command(
-                    b"EVALSHA", self._sha, b"%d" % len(names), *(n.encode() for n in names), prefix.encode(),
-                    buckets[group].astype(">u4").tobytes(), field_rows[group].tobytes())))
-            replies = [reply for group in await self._nodes.run(calls, self._lookup) for reply in group]
-            runs: Iterable[int] = np.concatenate(groups).tolist()
-        else:
-            *replies, nonce = await self._lookup(keys=[], args=[prefix, buckets.astype(">u4").tobytes(), fields,
-                                                                self._layout.nonce])
-            self.chunks.observe_nonce(nonce)
-            runs = range(len(replies))
+        groups = by_shard(buckets)
+        field_rows = np.frombuffer(fields, dtype=np.uint8).reshape(-1, FIELD_BYTES)
+        calls = []
+        for group in groups:
+            names = self._layout.names(buckets[group].tolist())
+            calls.append((_SHARD_SLOTS[int(buckets[group[0]]) % SHARDS], _command(
+                b"EVALSHA", self._sha, b"%d" % len(names), *(n.encode() for n in names),
+                (self._layout.base + ":").encode(), buckets[group].astype(">u4").tobytes(),
+                field_rows[group].tobytes())))
+        replies = [reply for group in await self._nodes.run(calls, self._lookup) for reply in group]
+        return Postings.unpack(np.concatenate(groups).tolist(), replies)
+
+    async def _lookup_filtered(self, band_keys: np.ndarray) -> Postings:
+        """`lookup` on one Redis, asking only for the keys the filter says may be there. Should
+        the reply show the filter out of date (the corpus changed since it was read), the other
+        keys are looked up too, in a second round trip, and a fresh filter is read in the
+        background: a guard never misses a document for a filter it holds."""
+        membership = self.key_filter.current
+        asked = np.arange(len(band_keys))
+        if membership is not None:
+            asked = np.flatnonzero(membership.may_contain(*self._layout.filter_slots(band_keys)))
+        replies, nonce, generation = await self._lookup_once(band_keys[asked])
+        runs = asked.tolist()
+        if membership is None or (membership.nonce, membership.generation) != (nonce, generation):
+            if membership is not None:
+                self.key_filter.current = None
+                skipped = np.setdiff1d(np.arange(len(band_keys)), asked, assume_unique=True)
+                more, _, _ = await self._lookup_once(band_keys[skipped])
+                runs += skipped.tolist()
+                replies += more
+            self._schedule_refresh()
         return Postings.unpack(runs, replies)
 
+    async def _lookup_once(self, band_keys: np.ndarray) -> tuple[list[bytes | None], bytes | None, int]:
+        """The lookup script's replies for `band_keys`, and the index's nonce and generation."""
+        _ensure_time_left()
+        buckets, fields = self._layout.packed(band_keys)
+        *replies, nonce, generation = await self._lookup(keys=[], args=[
+            self._layout.base + ":", buckets.astype(">u4").tobytes(), fields, self._layout.nonce, self._layout.stats])
+        self.chunks.observe_nonce(nonce)
+        return replies, nonce, int(generation or 0)
+
+    def _schedule_refresh(self) -> None:
+        """Read the filter again in the background, at most once a second (while a corpus is
+        being loaded the generation changes at every commit, and lookups go unfiltered)."""
+        loop, slot = asyncio.get_running_loop(), self.key_filter
+        if self._layout.filter_bits is None or (slot.refreshing is not None and not slot.refreshing.done()) \
+                or loop.time() < slot.next_refresh:
+            return
+        slot.next_refresh = loop.time() + FILTER_REFRESH_SECONDS
+        # (a context of its own: not bound by the budget of the check that started it)
+        slot.refreshing = loop.create_task(self._refresh_quietly(), context=contextvars.Context())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh_filter()
+        except REDIS_ERRORS as exc:
+            logger.warning("cannot read the index's key filter (%s); lookups go unfiltered until it is read", exc)
+
+    async def refresh_filter(self) -> None:
+        """Read the index's filter of band keys (about 8 MB for 13 M characters), as one snapshot
+        with the nonce and generation it is valid for. (Not on a cluster: its lookups go unfiltered.)"""
+        if self._nodes is not None:
+            return
+        pipe = self._client.pipeline(transaction=True)
+        pipe.get(self._layout.meta)
+        pipe.get(self._layout.nonce)
+        pipe.hget(self._layout.stats, "generation")
+        pipe.mget(self._layout.filter_keys())
+        meta, nonce, generation, strings = await pipe.execute()
+        filter_bits = json.loads(meta).get("filter_bits") if meta else None
+        if filter_bits is None or filter_bits != self._layout.filter_bits:
+            self.key_filter.current = None  # no filter, or one of an index built anew since start-up
+            return
+        self.key_filter.current = MembershipFilter.from_strings(nonce, int(generation or 0), filter_bits, strings)
+
     async def aclose(self) -> None:
+        refreshing = self.key_filter.refreshing
+        if refreshing is not None:
+            refreshing.cancel()
+            await asyncio.gather(refreshing, return_exceptions=True)
         if self._nodes is not None:
             await self._nodes.aclose()
 
@@ -809,7 +919,9 @@ class IndexWriter:
             if stored is None:
                 if self._layout.bucket_bits is None:
                     self._layout.bucket_bits = choose_bucket_bits(expected_chars, small_hash_limit(self._client))
-                self._client.set(self._layout.meta, json.dumps(self._layout.record(), sort_keys=True), nx=True)
+                self._layout.filter_bits = choose_filter_bits(expected_chars * ENTRIES_PER_CHAR, SHARDS)
+                if self._client.set(self._layout.meta, json.dumps(self._layout.record(), sort_keys=True), nx=True):
+                    self._allocate_filter()
                 stored = self._client.get(self._layout.meta)  # another writer may have been first
             self._client.set(self._layout.nonce, uuid.uuid4().hex, nx=True)  # (an index from before nonces gets one)
             if stored is None:
@@ -817,6 +929,16 @@ class IndexWriter:
             self._layout.adopt(stored)
         except REDIS_ERRORS as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
+
+    def _allocate_filter(self) -> None:
+        """Create the filter's bit strings at their full size: grown bit by bit, Redis would
+        reserve up to twice the memory they need."""
+        assert self._layout.filter_bits is not None
+        zeros = bytes((1 << self._layout.filter_bits) // 8)
+        pipe = self._client.pipeline(transaction=False)
+        for key in self._layout.filter_keys():
+            pipe.set(key, zeros, nx=True)
+        pipe.execute()
 
     def stored_digests(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Content digest of the live version of each of `doc_ids` that is indexed."""
@@ -853,9 +975,17 @@ class IndexWriter:
         postings["n"] = np.repeat([d.number for d in documents], [len(d.band_keys) for d in documents])
         postings["o"] = np.concatenate([d.offsets for d in documents])
         buckets, names, fields = self._layout.entries(band_keys)
-        self._pipelined(self._add, [([names[i] for i in group],
-                                     [_take(fields, group, FIELD_BYTES), postings[group].tobytes(), max_postings])
-                                    for group in self._groups(buckets)])
+        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+        positions = None if self._layout.filter_bits is None else self._layout.filter_slots(band_keys)[1]
+        filter_keys = self._layout.filter_keys()
+        for group in self._groups(buckets):
+            keys = [names[i] for i in group]
+            args: list[Any] = [_take(fields, group, FIELD_BYTES), postings[group].tobytes(), max_postings]
+            if positions is not None:
+                keys.append(filter_keys[int(buckets[group[0]]) % SHARDS])
+                args.append(positions[group].astype(">u4").tobytes())
+            calls.append((keys, args))
+        self._pipelined(self._add, calls)
 
     def commit(self, documents: Sequence[StagedDocument]) -> list[int | None]:
         """Make each document the live version of its id; returns the numbers they replaced.
