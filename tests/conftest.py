@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,6 +88,11 @@ def indexed(base_settings: Settings, corpus_records: list[dict]) -> Settings:
     with Corpus(settings) as corpus:
         corpus.add(to_document(r) for r in corpus_records)
     return settings
+
+
+def command_calls(stats: Any, name: str) -> int:
+    """Calls of Redis command `name` so far, from the reply to INFO commandstats."""
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
 
 
 def index_keys(client: SyncClient, settings: Settings) -> list[bytes]:

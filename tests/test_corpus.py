@@ -10,12 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import redis
-from conftest import index_keys, to_document
+from conftest import command_calls, index_keys, to_document
 
 from textguard import Corpus, Document, Guard, IndexMismatchError, Settings, StoreUnavailableError
 from textguard._redis import connect_async
@@ -274,11 +273,6 @@ def test_a_withdrawn_work_does_not_match_from_text_a_guard_holds(
         guard.close()
 
 
-def _calls(stats: Any, name: str) -> int:
-    """Calls of command `name` so far, from INFO commandstats."""
-    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-
-
 def test_a_guard_holding_a_key_filter_finds_a_work_added_after_it_read_the_filter(
     settings: Settings, corpus_records: list[dict]
 ) -> None:
@@ -294,9 +288,9 @@ def test_a_guard_holding_a_key_filter_finds_a_work_added_after_it_read_the_filte
                 await guard.start()  # reads the filter: it holds the keys of `first` only
                 assert [m.doc_id for m in (await guard.check(_copy_of(first, 300))).matches] == [first["id"]]
                 corpus.add([to_document(later)])
-                before = _calls(await guard.redis.info("commandstats"), "evalsha")
+                before = command_calls(await guard.redis.info("commandstats"), "evalsha")
                 verdict = await guard.check(_copy_of(later, 300))
-                after = _calls(await guard.redis.info("commandstats"), "evalsha")
+                after = command_calls(await guard.redis.info("commandstats"), "evalsha")
                 assert after - before == 2  # the filtered lookup, then the keys it held back
                 assert [m.doc_id for m in verdict.matches] == [later["id"]]
         finally:
@@ -324,10 +318,10 @@ def test_the_key_filter_holds_every_stored_key_and_spares_redis_the_others(
             assert membership.may_contain(*pipeline.layout.filter_slots(stored)).all()
             assert membership.may_contain(*pipeline.layout.filter_slots(unrelated)).mean() < 0.25
             await guard.start()
-            hget_before = _calls(await guard.redis.info("commandstats"), "hget")
+            hget_before = command_calls(await guard.redis.info("commandstats"), "hget")
             for answer in answers:
                 await guard.check(answer, fail_mode="raise")
-            hgets = _calls(await guard.redis.info("commandstats"), "hget") - hget_before
+            hgets = command_calls(await guard.redis.info("commandstats"), "hget") - hget_before
             assert hgets < len(unrelated) / 4  # the keys no work holds were not asked for
             long = [r for r in corpus_records if len(normalise(r["text"]).text) > 500][:10]
             copies = [await guard.check(_copy_of(r, 300), fail_mode="raise") for r in long]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import command_calls
 
 from textguard import CheckSkipped, Guard, Settings
 from textguard._redis import SyncClient, connect_async, connect_sync
@@ -141,8 +142,7 @@ def test_more_concurrent_checks_than_pooled_connections_all_run(indexed: Setting
 
 
 def hmget_calls(client: SyncClient) -> int:
-    stats: Any = client.info("commandstats")
-    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+    return command_calls(client.info("commandstats"), "hmget")
 
 
 def test_candidates_verified_in_vain_before_are_verified_again_without_a_fetch(

@@ -212,21 +212,20 @@ class Corpus:
     def _warn_if_undersized(self) -> None:
         """An index is sized when it is created, for what is about to be added (known when adding
         files): one created for little and then filled with much says so."""
-        fill = self._bucket_fill()
+        entries = self._writer.counters().get("entries", 0)
+        fill = self._bucket_fill(entries)
         if fill["entries_per_bucket"] > _FULL_BUCKETS * fill["small_hash_limit"]:
             logger.warning("band buckets average %.0f entries, near Redis's small-hash limit (%d): memory per "
                            "character will grow; rebuild into a new index with bucket_bits=%d",
                            fill["entries_per_bucket"], fill["small_hash_limit"], fill["bucket_bits"] + 1)
         filter_bits = self._pipeline.layout.filter_bits
-        entries = self._writer.counters().get("entries", 0)
         if filter_bits is not None and entries and SHARDS * 2 ** filter_bits / entries < _FEW_FILTER_BITS:
             logger.warning("the key filter has %.1f bits per band entry: it lets through more and more keys that "
                            "no work holds; rebuild into a new index, adding the corpus from its files at once",
                            SHARDS * 2 ** filter_bits / entries)
 
-    def _bucket_fill(self) -> dict[str, Any]:
+    def _bucket_fill(self, entries: int) -> dict[str, Any]:
         bits = self._pipeline.layout.bucket_bits or 0
-        entries = self._writer.counters().get("entries", 0)
         return {"bucket_bits": bits, "entries_per_bucket": round(entries / 2 ** bits, 1),
                 "small_hash_limit": small_hash_limit(self._client)}
 
@@ -325,7 +324,7 @@ class Corpus:
         try:
             counters = self._writer.counters()
             redis_bytes = self._writer.memory_bytes()
-            fill = self._bucket_fill()
+            fill = self._bucket_fill(counters.get("entries", 0))
             pending = self._writer.pending_count()
         except REDIS_ERRORS as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc

@@ -65,4 +65,3 @@ class MembershipFilter:
         bytes_ = self.bits[shards[:, None], positions >> 3]
         held: np.ndarray = np.all((bytes_ >> (7 - (positions & 7)).astype(np.uint8)) & 1, axis=1)
         return held
-
