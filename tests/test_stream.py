@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from difflib import SequenceMatcher
+from typing import Any
 
+from conftest import command_calls
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from textguard import Guard, Settings
 from textguard.normalise import normalise
+from textguard.policy import Verdict
 from textguard.stream import GuardedStream
 
 
@@ -97,3 +100,42 @@ def test_copy_is_replaced_by_the_notice_and_the_answer_goes_on(indexed: Settings
     assert released.startswith(before) and released.endswith(after)
     assert f"出自《{record['work']}》" in released
     assert longest_shared_run(released, copied) <= indexed.quote_chars
+
+
+def test_a_stream_asks_redis_only_what_it_has_not_learned(indexed: Settings, corpus_records: list[dict],
+                                                          negative_records: list[dict]) -> None:
+    """Once a lookup of the stream found the key filter current, checks whose new keys the filter
+    turns away make no round trip; and a work found live stays live for the stream (which is
+    checked against the corpus as of its start), so a copy running on costs no more reads of it."""
+    record = next(r for r in corpus_records if len(r["text"]) > 3000)
+    host = next(r["text"] for r in negative_records if 600 < len(r["text"]) < 1500)
+
+    async def run(text: str) -> tuple[str, int, dict[str, int]]:
+        guard = Guard(indexed)
+        try:
+            await guard.start()
+            checks = 0
+            check = guard.check
+
+            async def counted(*args: Any, **kwargs: Any) -> Verdict:
+                nonlocal checks
+                checks += 1
+                return await check(*args, **kwargs)
+
+            guard.check = counted  # type: ignore[method-assign]
+            stream = GuardedStream(guard)
+            before = await guard.redis.info("commandstats")
+            released = [(await stream.feed(text[i:i + 2])).text for i in range(0, len(text), 2)]
+            released.append((await stream.finish()).text)
+            after = await guard.redis.info("commandstats")
+            calls = {name: command_calls(after, name) - command_calls(before, name) for name in ("evalsha", "hmget")}
+            return "".join(released), checks, calls
+        finally:
+            await guard.aclose()
+
+    released, checks, calls = asyncio.run(run(host))
+    assert released == host and checks > 30
+    assert calls["evalsha"] < checks / 3, (calls, checks)  # lookups only for keys the filter lets through
+    released, checks, calls = asyncio.run(run(host[:300] + record["text"][1000:1400] + host[300:]))
+    assert f"出自《{record['work']}》" in released and released.startswith(host[:300]) and released.endswith(host[300:])
+    assert calls["hmget"] <= 4, (calls, checks)  # the work's text fetched, and found live, once or twice

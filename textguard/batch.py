@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from textguard._redis import AsyncClient
+from textguard.membership import MembershipFilter
 from textguard.store import ChunkCache, DocumentRegion, FilterSlot, IndexReader, Layout, Postings, cut_regions, ragged
 
 T = TypeVar("T")
@@ -55,7 +56,8 @@ class BatchedReader(IndexReader):
 
         return await asyncio.gather(*(one(c) for c in checks), return_exceptions=True)
 
-    async def lookup(self, band_keys: np.ndarray) -> Postings:
+    async def lookup(self, band_keys: np.ndarray, *, trusted: MembershipFilter | None = None) -> Postings:
+        """(A batch's lookups always confirm the filter: `trusted` is not used.)"""
         future: asyncio.Future[Postings] = asyncio.get_running_loop().create_future()
         self._lookups.append((band_keys, future))
         self._send_when_all_wait()

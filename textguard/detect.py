@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Indel, MatchingBlock
 
+from textguard.membership import MembershipFilter
 from textguard.normalise import Normalised
 from textguard.pipeline import Pipeline
 from textguard.store import DocumentRegion, IndexReader, Postings
@@ -126,7 +127,7 @@ class Detector:
         spans_by_doc = _verified(query, regions, hit_rows, close)
         metas = {region.number: region.meta for region in regions}
         if cached is not None and spans_by_doc:  # found in text held from earlier checks: still live?
-            current = await self._reader.live_metas(sorted(spans_by_doc))
+            current = await self._live_metas(sorted(spans_by_doc), memo)
             # (a number keeps its version within one index; the text is read afresh if not)
             changed = {n: wanted[n] for n in current if current[n].get("sha256") != metas[n].get("sha256")}
             spans_by_doc = {n: spans for n, spans in spans_by_doc.items() if n in current and n not in changed}
@@ -143,6 +144,15 @@ class Detector:
                     memo.quiet[number] = {d for _, d in hits[number]}
         return _resolve(normalised, spans_by_doc, metas)
 
+    async def _live_metas(self, numbers: list[int], memo: LookupMemo | None) -> dict[int, dict[str, Any]]:
+        """`IndexReader.live_metas`, asking only about documents this text did not find live before."""
+        if memo is None:
+            return await self._reader.live_metas(numbers)
+        unknown = [number for number in numbers if number not in memo.live]
+        if unknown:
+            memo.live.update(await self._reader.live_metas(unknown))
+        return {number: memo.live[number] for number in numbers if number in memo.live}
+
     async def _postings(self, keys: np.ndarray, memo: LookupMemo | None) -> Postings:
         """Every posting of `keys` (its runs index `keys`)."""
         if memo is None:
@@ -152,7 +162,8 @@ class Detector:
         unknown = [i for i, key in enumerate(key_list) if key not in known]
         if unknown:
             found: dict[int, list[tuple[int, int]]] = {key_list[i]: [] for i in unknown}
-            postings = await self._reader.lookup(keys[unknown])
+            postings = await self._reader.lookup(keys[unknown], trusted=memo.key_filter)
+            memo.key_filter = self._reader.key_filter_held
             for run, number, offset in zip(postings.runs.tolist(), postings.numbers.tolist(),
                                            postings.offsets.tolist(), strict=True):
                 found[key_list[unknown[run]]].append((number, offset))
@@ -201,6 +212,8 @@ class LookupMemo:
 
     postings: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # band key -> postings
     quiet: dict[int, set[int]] = field(default_factory=dict)  # document -> hit offsets verified in vain
+    key_filter: MembershipFilter | None = None  # the filter snapshot the text's last lookup found current
+    live: dict[int, dict[str, Any]] = field(default_factory=dict)  # document -> its record, found live
 
 
 def _heard(memo: LookupMemo | None, number: int, doc_hits: list[tuple[int, int]]) -> bool:

@@ -679,13 +679,23 @@ class IndexReader:
             self._checked = True
         return True
 
-    async def lookup(self, band_keys: np.ndarray) -> Postings:
+    @property
+    def key_filter_held(self) -> MembershipFilter | None:
+        """The filter snapshot lookups go through now (None: they go unfiltered)."""
+        return self.key_filter.current
+
+    async def lookup(self, band_keys: np.ndarray, *, trusted: MembershipFilter | None = None) -> Postings:
         """Postings of every band key: one script call on one Redis (for the keys its filter
-        lets through); on a cluster, one per shard tag touched, pipelined per node."""
+        lets through); on a cluster, one per shard tag touched, pipelined per node.
+
+        `trusted`: a filter snapshot an earlier lookup of the caller's found current. While it
+        is still the one held, a lookup it lets no key through asks Redis nothing: the caller
+        accepts the corpus as of that earlier lookup (a stream, as of its start).
+        """
         if len(band_keys) == 0 or not await self.ensure_compatible():
             return Postings.empty()
         if self._nodes is None:
-            return await self._lookup_filtered(band_keys)
+            return await self._lookup_filtered(band_keys, trusted)
         _ensure_time_left()
         buckets, fields = self._layout.packed(band_keys)
         groups = by_shard(buckets)
@@ -700,7 +710,7 @@ class IndexReader:
         replies = [reply for group in await self._nodes.run(calls, self._lookup) for reply in group]
         return Postings.unpack(np.concatenate(groups).tolist(), replies)
 
-    async def _lookup_filtered(self, band_keys: np.ndarray) -> Postings:
+    async def _lookup_filtered(self, band_keys: np.ndarray, trusted: MembershipFilter | None) -> Postings:
         """`lookup` on one Redis, asking only for the keys the filter says may be there. Should
         the reply show the filter out of date (the corpus changed since it was read), the other
         keys are looked up too, in a second round trip, and a fresh filter is read in the
@@ -709,6 +719,8 @@ class IndexReader:
         asked = np.arange(len(band_keys))
         if membership is not None:
             asked = np.flatnonzero(membership.may_contain(*self._layout.filter_slots(band_keys)))
+            if len(asked) == 0 and membership is trusted:
+                return Postings.empty()
         replies, nonce, generation = await self._lookup_once(band_keys[asked])
         runs = asked.tolist()
         if membership is None or (membership.nonce, membership.generation) != (nonce, generation):

@@ -8,6 +8,10 @@ growing at the end of the text (a quotation now, perhaps a copy in a moment). So
 run of one work exceeds Q = `quote_chars` normalised characters (DESIGN.md, invariant 2): a
 copy is either seen while the held-back tail still holds it, and then replaced by the notice
 from the point reached, or it never grows past the hold-back.
+
+A stream is checked against the corpus as it stood when its checking began: what one check
+learned (a band key's postings, a document found live, the key filter found current) the later
+ones take as known, so that most checks ask Redis nothing at all.
 """
 
 from __future__ import annotations
