@@ -124,7 +124,8 @@ class Detector:
         close = {number: _clusters(hits[number], _NARROW) for number in ranked}
         cached = self._reader.cached_regions(wanted)
         regions = cached if cached is not None else await self._reader.regions(wanted)
-        spans_by_doc = _verified(query, regions, hit_rows, close)
+        copying = memo.copying if memo is not None else set()
+        spans_by_doc = _verified(query, regions, hit_rows, close, copying)
         metas = {region.number: region.meta for region in regions}
         if cached is not None and spans_by_doc:  # found in text held from earlier checks: still live?
             current = await self._live_metas(sorted(spans_by_doc), memo)
@@ -134,14 +135,16 @@ class Detector:
             metas.update(current)
             if changed:
                 regions = await self._reader.regions(changed)
-                spans_by_doc.update(_verified(query, regions, hit_rows, close))
+                spans_by_doc.update(_verified(query, regions, hit_rows, close, copying))
                 metas.update({region.number: region.meta for region in regions})
         if memo is not None:
             for number in ranked:
                 if spans_by_doc.get(number):
                     memo.quiet.pop(number, None)
+                    memo.copying.add(number)
                 else:
                     memo.quiet[number] = {d for _, d in hits[number]}
+                    memo.copying.discard(number)
         return _resolve(normalised, spans_by_doc, metas)
 
     async def _live_metas(self, numbers: list[int], memo: LookupMemo | None) -> dict[int, dict[str, Any]]:
@@ -176,15 +179,16 @@ class Detector:
 
 
 def _verified(query: _Query, regions: Iterable[DocumentRegion], hit_rows: dict[int, np.ndarray],
-              close: dict[int, list[tuple[int, int]]]) -> dict[int, list[_Span]]:
+              close: dict[int, list[tuple[int, int]]], copying: set[int]) -> dict[int, list[_Span]]:
     """Spans per candidate document found in its `regions`. Most candidates are chance: each
     region is first verified only close to the hits (`close`, original offset ranges), and
-    whole (a mosaic's other sentences) only where that holds a copy."""
+    whole (a mosaic's other sentences) only where that holds a copy, or where the text's last
+    check found one in that document (`copying`: a stream in the middle of a copy)."""
     spans_by_doc: dict[int, list[_Span]] = defaultdict(list)
     for region in regions:
         doc_hits = hit_rows[region.number]
-        narrow = [region.cut(start, end) for start, end in close[region.number]]
-        if any(_spans_in(query, piece, doc_hits) for piece in narrow):
+        if region.number in copying or any(_spans_in(query, region.cut(start, end), doc_hits)
+                                           for start, end in close[region.number]):
             spans_by_doc[region.number].extend(_spans_in(query, region, doc_hits, screen=False))
     return spans_by_doc
 
@@ -214,6 +218,7 @@ class LookupMemo:
     quiet: dict[int, set[int]] = field(default_factory=dict)  # document -> hit offsets verified in vain
     key_filter: MembershipFilter | None = None  # the filter snapshot the text's last lookup found current
     live: dict[int, dict[str, Any]] = field(default_factory=dict)  # document -> its record, found live
+    copying: set[int] = field(default_factory=set)  # documents the last check that verified them found copied
 
 
 def _heard(memo: LookupMemo | None, number: int, doc_hits: list[tuple[int, int]]) -> bool:
@@ -372,15 +377,14 @@ def _verify(query: str, source: Normalised, base: int, stretch: _Stretch) -> lis
     """Spans copied from `source` (a region starting at original offset `base`) in a stretch.
 
     A copy can reach beyond its seeds (an edited stretch has few exact runs), so the stretch
-    grows while a span runs into its edge.
+    grows while a span runs into an edge of it that can move. (An edge that is the end of the
+    query or of the source cannot: a stream's window mostly starts and ends inside a copy.)
     """
     q_from, q_to, d_from, d_to = stretch.q_from, stretch.q_to, stretch.d_from, stretch.d_to
     for _ in range(_MAX_GROWTH):
         q_from, q_to = max(0, q_from), min(len(query), q_to)
         d_from, d_to = max(0, d_from), min(len(source.text), d_to)
-        spans, touches_start, touches_end = _align(query, q_from, q_to, source, d_from, d_to)
-        grow_start = touches_start and (q_from > 0 or d_from > 0)
-        grow_end = touches_end and (q_to < len(query) or d_to < len(source.text))
+        spans, grow_start, grow_end = _align(query, q_from, q_to, source, d_from, d_to)
         if not (grow_start or grow_end):
             break
         if grow_start:
@@ -395,13 +399,15 @@ def _verify(query: str, source: Normalised, base: int, stretch: _Stretch) -> lis
 
 def _align(query: str, q_from: int, q_to: int, source: Normalised, d_from: int,
            d_to: int) -> tuple[list[_Span], bool, bool]:
-    """Align query[q_from:q_to] with source.text[d_from:d_to]; also say if a span reaches an edge.
+    """Align query[q_from:q_to] with source.text[d_from:d_to]; also say if a span reaches the
+    start or the end of the stretch where the text goes on beyond it (the stretch should grow).
 
     Spans carry source offsets relative to the region; `_verify` adds the region's start.
     """
     q_text, d_text = query[q_from:q_to], source.text[d_from:d_to]
     spans: list[_Span] = []
-    touches_start = touches_end = False
+    cut_start = cut_end = False
+    q_more, d_more = q_to < len(query), d_to < len(source.text)
     for _ in range(_MAX_PASSES):
         found = _chain(Indel.opcodes(q_text, d_text).as_matching_blocks())
         if not found:
@@ -411,15 +417,15 @@ def _align(query: str, q_from: int, q_to: int, source: Normalised, d_from: int,
             blocks[0] = _extend_left(q_text, d_text, blocks[0])
             blocks[-1] = _extend_right(q_text, d_text, blocks[-1])
             qs, ds, qe, de = blocks[0][0], blocks[0][2], blocks[-1][1], blocks[-1][3]
-            touches_start |= qs <= _GAP or ds <= _GAP
-            touches_end |= qe >= len(q_text) - _GAP or de >= len(d_text) - _GAP
+            cut_start |= (qs <= _GAP and q_from > 0) or (ds <= _GAP and d_from > 0)
+            cut_end |= (qe >= len(q_text) - _GAP and q_more) or (de >= len(d_text) - _GAP and d_more)
             matched = sum(b[1] - b[0] for b in blocks)
             longest = max(b[1] - b[0] for b in blocks)
             d_start, d_end = source.original_span(d_from + ds, d_from + de)
             spans.append(_Span(q_from + qs, q_from + qe, d_start, d_end, de - ds, matched, longest))
             q_text = q_text[:qs] + "\x00" * (qe - qs) + q_text[qe:]
             d_text = d_text[:ds] + "\x01" * (de - ds) + d_text[de:]
-    return spans, touches_start, touches_end
+    return spans, cut_start, cut_end
 
 
 Block = tuple[int, int, int, int]  # q_start, q_end, d_start, d_end of an equal run
