@@ -9,6 +9,10 @@ run of one work exceeds Q = `quote_chars` normalised characters (DESIGN.md, inva
 copy is either seen while the held-back tail still holds it, and then replaced by the notice
 from the point reached, or it never grows past the hold-back.
 
+While a flagged copy is still running at the end, checks come `_IN_COPY_STEPS` times as far
+apart: what arrives meanwhile is held (nothing is released without a check), the copy is being
+replaced by its notice anyway, and only the text after its end waits a little longer.
+
 A stream is checked against the corpus as it stood when its checking began: what one check
 learned (a band key's postings, a document found live, the key filter found current) the later
 ones take as known, so that most checks ask Redis nothing at all.
@@ -26,6 +30,8 @@ from textguard.detect import LookupMemo, Match
 from textguard.guard import Guard
 from textguard.normalise import GrowingNormal, Normalised, matchable_chars
 from textguard.policy import Verdict, VerdictKind, work_name
+
+_IN_COPY_STEPS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +86,7 @@ class GuardedStream:
         if self._normal.length > self._guard.settings.max_check_chars:
             return self._too_large()
         self._unchecked_chars += matchable_chars(delta)
-        if self._unchecked_chars < self._step:
+        if self._unchecked_chars < (self._step if self._suppressing is None else _IN_COPY_STEPS * self._step):
             return Release("")
         return await self._check(final=False)
 
