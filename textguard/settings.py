@@ -85,7 +85,8 @@ class Settings:
     is released only until the index sees it; verbatim copies are seen by 51 characters
     (benchmarks/quality.py), so Q + this margin covers them with room for edited ones."""
     stream_check_chars: int = 16
-    """A stream is checked again once this many new normalised characters arrived."""
+    """A stream is checked again once this many new normalised characters arrived (three times
+    as many while a flagged copy is still running at the end: its text is held anyway)."""
 
     # How a check runs.
     check_timeout_ms: float = 100.0
