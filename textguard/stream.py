@@ -14,8 +14,9 @@ apart: what arrives meanwhile is held (nothing is released without a check), the
 replaced by its notice anyway, and only the text after its end waits a little longer.
 
 A stream is checked against the corpus as it stood when its checking began: what one check
-learned (a band key's postings, a document found live, the key filter found current) the later
-ones take as known, so that most checks ask Redis nothing at all.
+learned (a band key's postings, a document found live, the key filter found current, the
+document a copy under way comes from) the later ones take as known, so that most checks ask
+Redis nothing at all.
 """
 
 from __future__ import annotations
