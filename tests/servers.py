@@ -83,3 +83,33 @@ def _wait_for_line(process: subprocess.Popen[str], ready: str, log: IO[str], dea
     stderr = log.read()
     raise RuntimeError(f"textguard {process.args} did not get ready; stdout: {''.join(seen)!r}; "
                        f"stderr: {stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def program(args: list[str], env: dict[str, str], ready_url: str, timeout: float = 120) -> Iterator[None]:
+    """Run another program (a real LiteLLM proxy, say) until `ready_url` answers 200, and stop it
+    afterwards; its output goes to a file, shown if it never gets ready."""
+    import httpx2
+
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx2.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"{args[0]} did not get ready: {log.read()[-3000:]}")
+                time.sleep(0.2)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

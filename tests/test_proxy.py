@@ -237,24 +237,6 @@ def test_request_bodies_over_the_limit_get_413(settings: Settings) -> None:
     assert small.status_code == 200
 
 
-def test_litellm_guardrail_endpoint(proxy: str, record: dict, negative_records: list[dict]) -> None:
-    def guardrail(texts: list[str], **extra: Any) -> dict:
-        body = {"texts": texts, "input_type": "response", "request_data": {}, "litellm_call_id": "c1", **extra}
-        return httpx2.post(proxy + "/beta/litellm_basic_guardrail_api", json=body).json()
-
-    clean = negative_records[8]["text"]
-    assert guardrail([clean]) == {"action": "NONE"}
-    copied = record["text"][1000:1100]
-    intervened = guardrail([clean, BEFORE + copied + AFTER])
-    assert intervened["action"] == "GUARDRAIL_INTERVENED"
-    assert intervened["texts"][0] == clean and f"出自《{record['work']}》" in intervened["texts"][1]
-    blocked = guardrail([record["text"][:1500]])
-    assert blocked["action"] == "BLOCKED" and record["work"] in blocked["blocked_reason"]
-    assert guardrail([record["text"][:1500]], input_type="request") == {"action": "NONE"}
-    assert guardrail([record["text"][:1500]], input_type="request",
-                     additional_provider_specific_params={"check_requests": True})["action"] == "BLOCKED"
-
-
 def test_admin_endpoints_demand_the_token(proxy: str, negative_records: list[dict]) -> None:
     document = {"id": "admin-test-doc", "text": negative_records[-1]["text"], "title": "测试", "work": "管理测试"}
     url = proxy + "/v1/textguard/corpus"

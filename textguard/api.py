@@ -3,7 +3,10 @@
 - `POST /v1/textguard/check` takes `{"text": ...}` and answers with the verdict object of
   `textguard check --json` (spans, sources, the text after the action).
 - `POST /beta/litellm_basic_guardrail_api` is LiteLLM's Generic Guardrail API, so a LiteLLM
-  proxy can use textguard as a post-call guardrail with configuration alone.
+  proxy can use textguard as a post-call guardrail with configuration alone (streams too: see
+  `litellm_guardrail`).
+- With `api_token` set, both demand it (as a bearer token or LiteLLM's `x-api-key`): a
+  reachable check API would otherwise tell anyone what the corpus holds.
 - `/v1/textguard/corpus/...` (add, remove, stats) exist only when an admin token is set, and
   demand it as a bearer token.
 - `GET /openapi.json` describes all of it; `GET /healthz` says whether Redis answers; the
@@ -24,13 +27,15 @@ from starlette.routing import Route
 
 from textguard._http import error_body
 from textguard._redis import REDIS_ERRORS
+from textguard.audit import AuditLog
 from textguard.corpus import Corpus, document_from_record
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
-from textguard.policy import Verdict, work_name
+from textguard.litellm_guardrail import PATH as LITELLM_PATH
+from textguard.litellm_guardrail import LiteLLMGuardrail
+from textguard.policy import Verdict
 
 CHECK_PATH = "/v1/textguard/check"
-LITELLM_PATH = "/beta/litellm_basic_guardrail_api"
 CORPUS_PATH = "/v1/textguard/corpus"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -74,22 +79,23 @@ class CheckAPI:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.settings = guard.settings
+        self.litellm = LiteLLMGuardrail(guard, AuditLog(guard.redis, guard.settings))
         self._corpus: Corpus | None = None
 
     def routes(self) -> list[Route]:
+        checks = _bearer(self.settings.api_token, "api")
+        admin = _bearer(self.settings.admin_token, "admin")
         routes = [
-            Route(CHECK_PATH, _handles_bad_requests(self.check), methods=["POST"]),
-            Route(LITELLM_PATH, _handles_bad_requests(self.litellm_guardrail), methods=["POST"]),
+            Route(CHECK_PATH, checks(_handles_bad_requests(self.check)), methods=["POST"]),
+            Route(LITELLM_PATH, checks(_handles_bad_requests(self.litellm_guardrail)), methods=["POST"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
         ]
         if self.settings.admin_token:
             routes += [
-                Route(CORPUS_PATH + "/documents", _handles_bad_requests(self._admin(self.add_documents)),
-                      methods=["POST"]),
-                Route(CORPUS_PATH + "/remove", _handles_bad_requests(self._admin(self.remove_documents)),
-                      methods=["POST"]),
-                Route(CORPUS_PATH + "/stats", self._admin(self.corpus_stats), methods=["GET"]),
+                Route(CORPUS_PATH + "/documents", admin(_handles_bad_requests(self.add_documents)), methods=["POST"]),
+                Route(CORPUS_PATH + "/remove", admin(_handles_bad_requests(self.remove_documents)), methods=["POST"]),
+                Route(CORPUS_PATH + "/stats", admin(self.corpus_stats), methods=["GET"]),
             ]
         return routes
 
@@ -108,26 +114,10 @@ class CheckAPI:
         return JSONResponse(verdict.to_dict(), headers=headers)
 
     async def litellm_guardrail(self, request: Request) -> Response:
-        """LiteLLM's contract: action NONE, GUARDRAIL_INTERVENED (with the rewritten `texts`) or
-        BLOCKED (with `blocked_reason`). Only answers are checked unless the guardrail's
-        `additional_provider_specific_params` set `check_requests`: quoting a protected work in
-        a prompt is the user's act, not the model's."""
-        payload = await _json_object(request)
-        texts = payload.get("texts")
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise _BadRequest("'texts' must be a list of strings")
-        params = payload.get("additional_provider_specific_params") or {}
-        if payload.get("input_type") == "request" and not (isinstance(params, dict) and params.get("check_requests")):
-            return JSONResponse({"action": "NONE"})
-        verdicts = [await self._check(text) for text in texts]
-        blocked = [v for v in verdicts if v.verdict == "block"]
-        if blocked:
-            works = "》《".join(dict.fromkeys(work_name(m) for v in blocked for m in v.matches))
-            reason = f"copies protected works: 《{works}》" if works else "the answer could not be checked"
-            return JSONResponse({"action": "BLOCKED", "blocked_reason": reason})
-        if any(v.verdict == "rewrite" for v in verdicts):
-            return JSONResponse({"action": "GUARDRAIL_INTERVENED", "texts": [v.text for v in verdicts]})
-        return JSONResponse({"action": "NONE"})
+        try:
+            return JSONResponse(await self.litellm.answer(await _json_object(request)))
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from exc
 
     async def health(self, request: Request) -> Response:
         try:
@@ -142,17 +132,6 @@ class CheckAPI:
         return JSONResponse(document(admin=bool(self.settings.admin_token)))
 
     # -- corpus administration --------------------------------------------------------------
-
-    def _admin(self, endpoint: Endpoint) -> Endpoint:
-        expected = f"Bearer {self.settings.admin_token}".encode()
-
-        async def guarded(request: Request) -> Response:
-            given = request.headers.get("authorization", "").strip().encode()
-            if not hmac.compare_digest(given, expected):
-                return error(401, "a valid admin bearer token is required", "unauthorized",
-                             headers={"www-authenticate": "Bearer"})
-            return await endpoint(request)
-        return guarded
 
     def _corpus_instance(self) -> Corpus:
         if self._corpus is None:
@@ -184,7 +163,30 @@ class CheckAPI:
     async def corpus_stats(self, request: Request) -> Response:
         return JSONResponse(await self._in_thread(lambda corpus: corpus.stats()))
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        await self.litellm.close()
         if self._corpus is not None:
             self._corpus.close()
             self._corpus = None
+
+
+def _bearer(token: str | None, kind: str) -> Callable[[Endpoint], Endpoint]:
+    """Endpoints that demand `token` as `Authorization: Bearer` (or `x-api-key`, which LiteLLM's
+    guardrail sends); with no token set they are open."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        if token is None:
+            return endpoint
+        expected = token.encode()
+
+        async def guarded(request: Request) -> Response:
+            given = request.headers.get("authorization", "").strip()
+            scheme, _, credential = given.partition(" ")
+            if scheme.lower() != "bearer":
+                credential = request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(credential.strip().encode(), expected):
+                return error(401, f"a valid {kind} bearer token is required", "unauthorized",
+                             headers={"www-authenticate": "Bearer"})
+            return await endpoint(request)
+        return guarded
+    return wrap

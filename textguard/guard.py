@@ -197,7 +197,7 @@ class Guard:
         self._skip_log.warn(reason, mode, str(exc) or type(exc).__name__)
         elapsed = (time.perf_counter() - started) * 1000
         if mode == "closed":
-            message = self.settings.block_message.format(works="未能核查")
+            message = self.policy.block_message(())
             return Verdict("block", message, len(text), (), elapsed, skipped=reason)
         return Verdict("allow", text, len(text), (), elapsed, skipped=reason)
 

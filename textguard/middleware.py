@@ -259,7 +259,7 @@ class _Responder:
         """Send an answer that could not be checked as it is (open), or an error in its place
         (closed): it cannot be rewritten or blocked in its own format if it cannot be read."""
         if self.settings.fail_mode == "closed":
-            message = self.settings.block_message.format(works="未能核查")
+            message = self.guard.policy.block_message(())
             headers = [(VERDICT_HEADER, b"block"), (SKIPPED_HEADER, reason.encode()),
                        (REQUEST_ID_HEADER, telemetry.request_id.get().encode())]
             await send_error(self.send, 502, message, "answer_not_checked", headers)

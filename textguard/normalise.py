@@ -11,6 +11,7 @@ text can be reported in the text the client received.
 
 from __future__ import annotations
 
+import copy
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -126,6 +127,11 @@ class GrowingNormal:
             self._kept = Normalised(whole.text[:kept], whole.offsets[:kept])
             self._settled = settled
         return whole
+
+    def copy(self) -> GrowingNormal:
+        twin = copy.copy(self)
+        twin._pieces = list(self._pieces)
+        return twin
 
     def forget(self, before: int) -> None:
         """Stop keeping the normal form of text[:before] (a stream no longer looks there)."""

@@ -9,6 +9,7 @@ not pass is replaced by a notice naming the work; an answer that is mostly copie
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,14 +59,17 @@ class Policy:
             return Verdict("allow", text, len(text), (), elapsed_ms, quotations)
         copied = sum(m.chars for m in flagged)
         if copied >= s.block_chars or copied >= s.block_ratio * max(normalised_chars, 1):
-            works = "》《".join(dict.fromkeys(work_name(m) for m in flagged))
-            return Verdict("block", s.block_message.format(works=works), len(text), tuple(flagged),
-                           elapsed_ms, quotations)
+            return Verdict("block", self.block_message(flagged), len(text), tuple(flagged), elapsed_ms, quotations)
         return Verdict("rewrite", self.rewrite(text, flagged), len(text), tuple(flagged), elapsed_ms, quotations)
 
     def notice(self, match: Match) -> str:
         return self.settings.notice.format(work=work_name(match), title=match.title, author=match.author,
                                            doc_id=match.doc_id)
+
+    def block_message(self, matches: Iterable[Match]) -> str:
+        """The text of a blocked answer, naming the works copied (or saying none could be checked)."""
+        works = "》《".join(dict.fromkeys(work_name(m) for m in matches))
+        return self.settings.block_message.format(works=works or "未能核查")
 
     def rewrite(self, text: str, flagged: list[Match]) -> str:
         pieces: list[str] = []

@@ -59,7 +59,7 @@ def create_app(settings: Settings, *, guard: Guard | None = None) -> ASGIApp:
         finally:
             if forwarder is not None:
                 await forwarder.aclose()
-            api.close()
+            await api.aclose()
             await guard.aclose()
 
     async def too_large(request: Request, exc: Exception) -> Response:

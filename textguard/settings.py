@@ -90,7 +90,12 @@ class Settings:
 
     # How a check runs.
     check_timeout_ms: float = 100.0
-    """Time budget of one check in the middleware and proxy."""
+    """Time budget of one check of a whole answer in the middleware and proxy. A stream's check
+    that runs past it is not cut short: its text stays held (the reader waits) until the check
+    ends, or `stream_check_ceiling_ms` passes."""
+    stream_check_ceiling_ms: float = 5000.0
+    """Longest a stream waits for one check; only past this (or with Redis unreachable) does
+    the fail mode decide what a stream releases."""
     fail_mode: Literal["open", "closed"] = "open"
     """What to do when a check cannot run: pass the text (open) or block it (closed)."""
     redis_timeout_s: float = 0.5
@@ -121,6 +126,9 @@ class Settings:
     """Largest request body accepted (413 beyond it)."""
     api_check_timeout_ms: float = 2000.0
     """Time budget of one check through the check API (texts there may be long)."""
+    api_token: str | None = field(default=None, repr=False)
+    """Bearer token the check API and the LiteLLM endpoint demand when set (unset: open to
+    whoever reaches them, which tells them what the corpus holds)."""
     admin_token: str | None = field(default=None, repr=False)
     """Bearer token for the corpus admin endpoints, which exist only when it is set."""
 
@@ -164,8 +172,10 @@ class Settings:
         for name in ("max_request_bytes", "port"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.admin_token is not None and len(self.admin_token) < 16:
-            raise ConfigError("admin_token must be at least 16 characters long")
+        for name in ("api_token", "admin_token"):
+            token = getattr(self, name)
+            if token is not None and len(token) < 16:
+                raise ConfigError(f"{name} must be at least 16 characters long")
         if self.bucket_bits is not None and not 8 <= self.bucket_bits <= 24:
             raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
 

@@ -13,6 +13,11 @@ While a flagged copy is still running at the end, checks come `_IN_COPY_STEPS` t
 apart: what arrives meanwhile is held (nothing is released without a check), the copy is being
 replaced by its notice anyway, and only the text after its end waits a little longer.
 
+A check that runs past its budget (`check_timeout_ms`) is not cut short: the text it covers
+stays held, and the reader waits, until it ends. Releasing unchecked text because the machine
+is busy would break the bound exactly when a server is loaded. Only a check past
+`stream_check_ceiling_ms`, or one that cannot reach Redis, is a skip for the fail mode.
+
 A stream is checked against the corpus as it stood when its checking began: what one check
 learned (a band key's postings, a document found live, the key filter found current, the
 document a copy under way comes from) the later ones take as known, so that most checks ask
@@ -21,6 +26,7 @@ Redis nothing at all.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -47,10 +53,11 @@ class Release:
 class GuardedStream:
     """The incremental guard of one streamed answer (one choice). Not shared between requests."""
 
-    def __init__(self, guard: Guard, *, budget_ms: float | None = None) -> None:
+    def __init__(self, guard: Guard) -> None:
         settings = guard.settings
         self._guard = guard
-        self._budget_ms = budget_ms if budget_ms is not None else settings.check_timeout_ms
+        self._budget_ms = settings.check_timeout_ms
+        self._ceiling_ms = max(settings.stream_check_ceiling_ms, settings.check_timeout_ms)
         self._quote = settings.quote_chars
         self._holdback = settings.stream_holdback_chars
         self._step = settings.stream_check_chars
@@ -70,6 +77,7 @@ class GuardedStream:
         self.finished = False
         self.skipped: str | None = None
         self.elapsed_ms = 0.0  # spent in checks
+        self.waits_ms: list[float] = []  # how long past the budget each slow check made the reader wait
 
     @property
     def text(self) -> str:
@@ -118,10 +126,13 @@ class GuardedStream:
         first = max(released_chars - self._context, 0)
         window_start = int(normalised.offsets[first]) if first else self._normal.start
         window = Normalised(normalised.text[first:], normalised.offsets[first:] - window_start)
-        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._budget_ms, memo=self._memo,
+        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._ceiling_ms, memo=self._memo,
                                           normalised=window)
         self._normal.forget(window_start)
         self.elapsed_ms += verdict.elapsed_ms
+        if verdict.elapsed_ms > self._budget_ms:
+            self.waits_ms.append(verdict.elapsed_ms - self._budget_ms)
+            telemetry.STREAM_WAIT_SECONDS.observe((verdict.elapsed_ms - self._budget_ms) / 1000)
         if verdict.skipped is not None:
             self.skipped = verdict.skipped
             if verdict.verdict == "block":  # fail closed
@@ -165,6 +176,18 @@ class GuardedStream:
             self.blocked = True
             return Release("", blocked=True)
         return Release("".join(pieces))
+
+    def fork(self) -> GuardedStream:
+        """A twin to try `finish()` on without ending this stream: what would go out if the
+        answer ended now (a caller that cannot tell its last piece asks this each time)."""
+        twin = copy.copy(self)
+        twin._normal = self._normal.copy()
+        twin._memo = replace(self._memo, copying=set(self._memo.copying))
+        twin._quoted = defaultdict(int, self._quoted)
+        twin._counted = set(self._counted)
+        twin.matches = list(self.matches)
+        twin.waits_ms = list(self.waits_ms)
+        return twin
 
     def summary(self) -> Verdict:
         """The stream's verdict so far, as a whole answer's would be (for the audit log)."""
