@@ -187,6 +187,75 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def messages(request: Request) -> Response:
+        """The Anthropic Messages API, with the events vLLM's /v1/messages sends."""
+        body = await request.json()
+        text = str(body["messages"][-1]["content"])
+        usage = {"input_tokens": 7, "output_tokens": 1}
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body.get("model", "fake"),
+                   "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": {"input_tokens": 7, "output_tokens": len(text)}}
+        if not body.get("stream"):
+            recorder.completed += 1
+            return JSONResponse(message)
+
+        async def events() -> AsyncIterator[str]:
+            def event(payload: dict[str, Any]) -> str:
+                return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+            try:
+                yield event({"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                                                  "usage": usage}})
+                yield event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+                for i in range(0, len(text), chunk_chars):
+                    yield event({"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": text[i:i + chunk_chars]}})
+                    await asyncio.sleep(delay)
+                yield event({"type": "content_block_stop", "index": 0})
+                yield event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": len(text)}})
+                yield event({"type": "message_stop"})
+                recorder.completed += 1
+            finally:
+                if recorder.completed == 0:
+                    recorder.cancelled.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def ollama(request: Request) -> Response:
+        """Ollama's native /api/chat and /api/generate: one JSON object, or NDJSON lines."""
+        body = await request.json()
+        chat_api = request.url.path.endswith("/chat")
+        text = str(body["messages"][-1]["content"] if chat_api else body["prompt"])
+        base = {"model": body.get("model", "fake"), "created_at": "2026-12-07T00:00:00Z"}
+
+        def line(piece: str, done: bool) -> dict[str, Any]:
+            content = {"message": {"role": "assistant", "content": piece}} if chat_api else {"response": piece}
+            stats = {"done_reason": "stop", "total_duration": 1000, "eval_count": len(text)} if done else {}
+            return {**base, **content, "done": done, **stats}
+
+        if not body.get("stream", True):
+            recorder.completed += 1
+            return JSONResponse(line(text, True))
+
+        async def lines() -> AsyncIterator[str]:
+            for i in range(0, len(text), chunk_chars):
+                yield json.dumps(line(text[i:i + chunk_chars], False), ensure_ascii=False) + "\n"
+                await asyncio.sleep(delay)
+            yield json.dumps(line("", True)) + "\n"
+            recorder.completed += 1
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def unknown(request: Request) -> Response:
+        """A text route in a format no guard reads."""
+        text = str((await request.json())["messages"][-1]["content"])
+        if request.query_params.get("stream"):
+            async def events() -> AsyncIterator[str]:
+                yield f"data: {json.dumps({'kind': 'piece', 'said': text}, ensure_ascii=False)}\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return JSONResponse({"generation": {"said": text}})
+
     async def other(request: Request) -> Response:
         return PlainTextResponse("no guard here: " + request.query_params.get("text", ""))
 
@@ -199,6 +268,10 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
     return _watched(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/completions", chat, methods=["POST"]),
                              Route("/v1/responses", responses, methods=["POST"]),
+                             Route("/v1/messages", messages, methods=["POST"]),
+                             Route("/api/chat", ollama, methods=["POST"]),
+                             Route("/api/generate", ollama, methods=["POST"]),
+                             Route("/v1/unknown", unknown, methods=["POST"]),
                              Route("/v1/other", other), Route("/v1/cookie", cookie)]), recorder)
 
 

@@ -64,6 +64,27 @@ def spawn(args: list[str], env: dict[str, str],
             process.stdout.close()
 
 
+def read_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
+    """What `process` prints (stdout) up to and including the first line holding `text`. (Read
+    in a thread: select() cannot see lines already in the text stream's buffer.)"""
+    assert process.stdout is not None
+    stdout = process.stdout
+    seen: list[str] = []
+
+    def read() -> None:
+        for line in stdout:
+            seen.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive() or not seen or text not in seen[-1]:
+        raise RuntimeError(f"no line with {text!r} from {process.args}; got {''.join(seen)!r}")
+    return "".join(seen)
+
+
 def _wait_for_line(process: subprocess.Popen[str], ready: str, log: IO[str], deadline: float) -> str:
     assert process.stdout is not None
     seen = []

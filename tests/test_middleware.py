@@ -4,6 +4,8 @@ driven by the official openai client (and raw httpx2 where bytes matter)."""
 from __future__ import annotations
 
 import json
+import logging
+import logging.config
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -108,10 +110,14 @@ def test_stream_block_ends_as_clients_expect(indexed: Settings, recorder: Record
         text, reasons, usage = collect(ask(url, BEFORE + copied, stream=True,
                                            stream_options={"include_usage": True}))
         assert reasons == ["content_filter"]
-        assert len(usage) == 1
+        assert usage == []  # blocked before the upstream sent its counts: none are made up
         assert longest_shared_run(text, copied) <= 50
         assert recorder.cancelled.wait(10), "the app's generator was not stopped"
         assert recorder.completed == 0
+        # blocked only at its end (mostly copied, though under block_chars): the upstream's real usage passes
+        text, reasons, usage = collect(ask(url, BEFORE + record["text"][:300], stream=True,
+                                           stream_options={"include_usage": True}))
+        assert reasons == ["content_filter"] and [u.total_tokens for u in usage] == [14]
 
 
 def test_other_routes_pass_byte_for_byte(url: str) -> None:
@@ -142,6 +148,25 @@ def test_redis_down_fails_as_configured(settings: Settings, recorder: Recorder, 
         assert (content == "一个普通的回答。") == (mode == "open")
         _streamed, reasons, _ = collect(ask(url, "一个普通的回答，稍微长一点，足够触发一次检查。" * 3, stream=True))
         assert (reasons == ["content_filter"]) == (mode == "closed")
+
+
+def test_skips_stay_visible_when_the_host_server_reconfigures_logging(settings: Settings, recorder: Recorder,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """vLLM configures its own loggers with a dictConfig that disables every logger existing
+    before it, textguard's among them: the middleware enables them again at its first request."""
+    down = settings.replace(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.2)
+    app = TextGuardMiddleware(create_app(recorder), settings=down)
+    loggers = [item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)]
+    disabled = [item.disabled for item in loggers]
+    try:
+        logging.config.dictConfig({"version": 1, "loggers": {"host": {"level": "INFO"}}})
+        assert logging.getLogger("textguard.guard").disabled
+        with serve(app) as url, caplog.at_level(logging.WARNING):
+            httpx2.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "普通的回答。"}]})
+    finally:
+        for item, was in zip(loggers, disabled, strict=True):
+            item.disabled = was
+    assert any("check skipped (redis)" in record.getMessage() for record in caplog.records)
 
 
 class RawAnswer:
@@ -203,11 +228,16 @@ def test_responses_api_json_and_stream(url: str, record: dict) -> None:
 def test_responses_api_block(indexed: Settings, recorder: Recorder, record: dict) -> None:
     for url in guarded(indexed, recorder, delay=0.002):
         copied = record["text"][:2000]
-        events = list(client(url).responses.create(model="fake", input=BEFORE + copied, stream=True))
-        assert events[-1].type == "response.incomplete"
-        assert events[-1].response.incomplete_details.reason == "content_filter"
+        with client(url).responses.stream(model="fake", input=BEFORE + copied) as stream:
+            events = list(stream)
+            final = stream.get_final_response()  # the SDK's helper accepts how the stream ended
+        assert events[-1].type == "response.completed"
+        assert final.status == "incomplete" and final.incomplete_details.reason == "content_filter"
         streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
         assert longest_shared_run(streamed, copied) <= 50
+        assert final.output_text == streamed
+        assert [e.type for e in events[-4:]] == ["response.output_text.done", "response.content_part.done",
+                                                 "response.output_item.done", "response.completed"]
         assert recorder.cancelled.wait(10)
         blocked = client(url).responses.create(model="fake", input=copied)
         assert blocked.status == "incomplete" and blocked.incomplete_details.reason == "content_filter"

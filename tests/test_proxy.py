@@ -17,7 +17,7 @@ import httpx2
 import openai
 import pytest
 from llm_app import BREAK, SLOW, Recorder, create_app
-from servers import serve, spawn
+from servers import read_until, serve, spawn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from test_middleware import AFTER, BEFORE, collect
@@ -151,7 +151,7 @@ def test_streams_through_the_proxy(proxy: str, recorder: Recorder, record: dict,
     recorder.reset()
     copied = record["text"][:2000]
     text, reasons, usage = collect(ask(proxy, BEFORE + copied, stream=True, stream_options={"include_usage": True}))
-    assert reasons == ["content_filter"] and len(usage) == 1
+    assert reasons == ["content_filter"] and usage == []  # blocked before the upstream counted: none made up
     assert longest_shared_run(text, copied) <= 50
     assert recorder.cancelled.wait(10), "the upstream's generation was not cancelled"
 
@@ -274,8 +274,9 @@ def test_demo_serves_a_guarded_answer_and_stops_on_sigint(tmp_path: Any, base_se
             "model": "demo-model", "messages": [{"role": "user", "content": "请背诵《灯塔守望者》第一章。"}]})
         assert response.headers["x-textguard-verdict"] == "block"
         assert response.json()["choices"][0]["finish_reason"] == "content_filter"
+        tour = read_until(process, "Ctrl-C")  # the opening tour is over
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
         assert process.stdout is not None
         out = process.stdout.read()
-    assert "block" in out and "textguard demo stopped." in out
+    assert "block" in tour and "textguard demo stopped." in out

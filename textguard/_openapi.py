@@ -71,14 +71,16 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "GuardrailRequest": {
-        "type": "object", "required": ["texts"],
+        "type": "object",
         "properties": {
-            "texts": {"type": "array", "items": {"type": "string"}},
+            "texts": {"type": ["array", "null"], "items": {"type": "string"},
+                      "description": "Missing or null: nothing to check."},
             "input_type": {"type": "string", "enum": ["request", "response"]},
             "images": {"type": "array", "items": {"type": "string"}},
             "tools": {"type": "array", "items": {"type": "object"}},
             "request_data": {"type": "object"},
-            "litellm_call_id": {"type": ["string", "null"]},
+            "litellm_call_id": {"type": ["string", "null"],
+                                "description": "Shared by the posts of one stream, each with the text so far."},
             "litellm_trace_id": {"type": ["string", "null"]},
             "additional_provider_specific_params": {
                 "type": "object",
@@ -91,6 +93,8 @@ _SCHEMAS: dict[str, Any] = {
             "action": {"type": "string", "enum": ["NONE", "BLOCKED", "GUARDRAIL_INTERVENED"]},
             "blocked_reason": {"type": "string"},
             "texts": {"type": "array", "items": {"type": "string"}},
+            "stream_holdback_chars": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                      "description": "Per text, how much of its end a stream must hold back."},
         },
     },
     "Document": {
@@ -129,22 +133,26 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(admin: bool) -> dict[str, Any]:
-    """The OpenAPI document; the corpus endpoints appear only where they exist (`admin`)."""
+def document(admin: bool, api_token: bool = False) -> dict[str, Any]:
+    """The OpenAPI document; the corpus endpoints appear only where they exist (`admin`), and the
+    check endpoints demand a token where one is set (`api_token`)."""
+    checks: dict[str, Any] = {"security": [{"apiToken": []}]} if api_token else {}
     paths: dict[str, Any] = {
         "/v1/textguard/check": {"post": {
-            "operationId": "check", "summary": "Check one text for copied protected works",
+            "operationId": "check", "summary": "Check one text for copied protected works", **checks,
             "requestBody": _body("CheckRequest"),
             "responses": {"200": _answer("The verdict, with the spans acted on.", "Verdict"), **_ERRORS}}},
         "/beta/litellm_basic_guardrail_api": {"post": {
-            "operationId": "litellmGuardrail", "summary": "LiteLLM Generic Guardrail API",
+            "operationId": "litellmGuardrail", "summary": "LiteLLM Generic Guardrail API", **checks,
             "requestBody": _body("GuardrailRequest"),
             "responses": {"200": _answer("What LiteLLM should do.", "GuardrailResponse"), **_ERRORS}}},
         "/healthz": {"get": {
             "operationId": "health", "summary": "Is Redis reachable?",
             "responses": {"200": _answer("Ready.", "Health"), "503": _answer("Redis cannot be reached.", "Health")}}},
     }
-    components: dict[str, Any] = {"schemas": _SCHEMAS}
+    components: dict[str, Any] = {"schemas": _SCHEMAS, "securitySchemes": {}}
+    if api_token:
+        components["securitySchemes"]["apiToken"] = {"type": "http", "scheme": "bearer"}
     if admin:
         security: list[dict[str, list[str]]] = [{"adminToken": []}]
         paths["/v1/textguard/corpus/documents"] = {"post": {
@@ -159,7 +167,7 @@ def document(admin: bool) -> dict[str, Any]:
             "operationId": "corpusStats", "summary": "Size of the index", "security": security,
             "responses": {"200": _answer("Index statistics.", "Stats"),
                           **{k: v for k, v in _ADMIN_ERRORS.items() if k in ("401", "503")}}}}
-        components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer"}}
+        components["securitySchemes"]["adminToken"] = {"type": "http", "scheme": "bearer"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "textguard check API", "version": __version__,

@@ -129,7 +129,7 @@ class CheckAPI:
     async def openapi(self, request: Request) -> Response:
         from textguard._openapi import document  # built on demand: only tools read it
 
-        return JSONResponse(document(admin=bool(self.settings.admin_token)))
+        return JSONResponse(document(admin=bool(self.settings.admin_token), api_token=bool(self.settings.api_token)))
 
     # -- corpus administration --------------------------------------------------------------
 

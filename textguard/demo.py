@@ -123,7 +123,7 @@ async def _tour(proxy_url: str, out: TextIO) -> None:
             start = max(0, text.find("〔") - 20)  # show the notice, where there is one
             excerpt = ("…" if start else "") + text[start:start + 70] + ("…" if len(text) > start + 70 else "")
             print(f"  {verdict:<8} {question}  ({kind})", file=out)
-            print(f"           → {excerpt}  [finish_reason: {answer['finish_reason']}]", file=out)
+            print(f"           → {excerpt}  [finish_reason: {answer['finish_reason']}]", file=out, flush=True)
 
 
 def _instructions(proxy_url: str, model_url: str) -> str:
@@ -191,7 +191,7 @@ async def _serve(settings: Settings, works: dict[str, Document], out: TextIO) ->
             proxy_url = await start(create_app(proxy_settings), proxy_settings, settings.port)
             print(f"\ntextguard demo is running:\n  guarded proxy  {proxy_url}/v1\n"
                   f"  check API      {proxy_url}/v1/textguard/check\n  demo model     {model_url}/v1 (unguarded)",
-                  file=out)
+                  file=out, flush=True)  # a pipe buffers: whoever waits for this line (a test, a script) gets it now
             tour = asyncio.ensure_future(_tour(proxy_url, out))
             await asyncio.wait([tour, *tasks], return_when=asyncio.FIRST_COMPLETED)
             if any(server.should_exit for server in servers) or not tour.done():

@@ -1,10 +1,11 @@
 """`TextGuardMiddleware`: a pure ASGI middleware that guards the answers of chat endpoints.
 
-One responder object per request. Answers of the guarded paths are checked: JSON bodies
-(OpenAI chat and legacy completions, or plain text and markdown) are buffered, checked,
-rewritten or blocked, and sent with a recomputed Content-Length; event streams are checked as
-they grow, per choice, through `GuardedStream`, and released as soon as that is safe. Every
-other response passes byte for byte, unbuffered. The guard never swallows the client's
+One responder object per request. Answers of the guarded paths are checked: JSON bodies (the
+formats of `answer_fields`, or plain text and markdown) are buffered, checked, rewritten or
+blocked, and sent with a recomputed Content-Length; event streams and NDJSON streams are
+checked as they grow by the handler of their format (`answer_streams`), and released as soon as
+that is safe. An answer in a format textguard cannot read is a skipped check (`unknown_format`),
+never "allow". Every other response passes byte for byte, unbuffered. The guard never swallows the client's
 `http.disconnect`; when it blocks a stream it stops reading the app, which then sees one.
 """
 
@@ -17,17 +18,18 @@ import logging
 import uuid
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from textguard import telemetry
 from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 from textguard._http import send_error
+from textguard.answer_fields import answer_fields
+from textguard.answer_streams import AnswerStream, pick
 from textguard.audit import AuditLog
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
-from textguard.sse import Event, EventParser, encode_data
-from textguard.stream import GuardedStream
+from textguard.sse import Event, EventParser, Line, LineParser, encode_data
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 _BYTES_PER_CHAR = 8  # a buffered answer beyond max_check_chars * this cannot fit the check
 _RANK = {"allow": 0, "rewrite": 1, "block": 2}
 _TEXT_TYPES = ("text/plain", "text/markdown")
+_LINE_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
 
 
 class TextGuardMiddleware:
@@ -52,6 +55,7 @@ class TextGuardMiddleware:
         self.guard = guard or Guard(settings or Settings.load())
         self.paths = paths if paths is not None else self.guard.settings.guard_paths
         self._audit: AuditLog | None = None
+        self._logs_checked = False
 
     @property
     def audit(self) -> AuditLog:
@@ -64,6 +68,9 @@ class TextGuardMiddleware:
                 or not any(fnmatch.fnmatchcase(scope["path"], p) for p in self.paths):
             await self.app(scope, receive, send)  # HEAD answers carry no text to check
             return
+        if not self._logs_checked:  # at the first request: the host server has set up its logging by now
+            telemetry.keep_logs_visible()
+            self._logs_checked = True
         token = telemetry.request_id.set(_request_id(scope))
         try:
             await _Responder(self, scope, receive, send).run()
@@ -86,17 +93,14 @@ class _Responder:
         self.receive = receive
         self.send = send
         self.start: Message | None = None
-        self.mode = "pass"  # pass, buffer, stream or drop, decided at http.response.start
+        self.mode = "pass"  # pass, buffer, stream (events), lines (NDJSON) or drop, decided at http.response.start
         self.body = bytearray()
         self.stopped = asyncio.Event()
         self.request_body = bytearray()
-        self.parser = EventParser()
+        self.parser: EventParser | LineParser = EventParser()
         self.decode: Callable[[bytes], bytes] = bytes
-        self.streams: dict[int, GuardedStream] = {}
-        self.streams_by_part: dict[tuple[Any, Any, Any], GuardedStream] = {}
-        self.released_by_part: dict[tuple[Any, Any, Any], str] = {}
-        self.response_object: dict[str, Any] = {}
-        self.sequence = 0
+        self.handler: AnswerStream | None = None  # picked by the stream's first readable event
+        self.unknown_format = False
 
     async def run(self) -> None:
         try:
@@ -106,7 +110,7 @@ class _Responder:
                 raise
             # the app unwinding from the stop we caused (perhaps wrapped in its own exception)
         finally:
-            for stream in (*self.streams.values(), *self.streams_by_part.values()):
+            for stream in self.handler.streams.values() if self.handler else ():
                 await self.audit.record(stream.summary(), self.scope["path"], stream.text)
 
     async def _receive(self) -> Message:
@@ -136,7 +140,7 @@ class _Responder:
             self.mode = self._mode(message)
             if self.mode == "pass":
                 await self.send(message)
-            elif self.mode == "stream":
+            elif self.mode in ("stream", "lines"):
                 try:
                     self.decode = _decoder(_header(message, b"content-encoding", "identity"))
                 except ValueError as exc:  # a stream we cannot read: the fail mode decides
@@ -147,6 +151,8 @@ class _Responder:
                         await self.send(_with_headers(message, {SKIPPED_HEADER: b"encoding"}))
                         return
                     self.decode = _refuse
+                if self.mode == "lines":
+                    self.parser = LineParser()
                 await self.send(_with_headers(message, {b"x-textguard": b"guarded"},
                                               drop=(b"content-length", b"content-encoding")))
             return
@@ -177,6 +183,8 @@ class _Responder:
         content_type = _header(start, b"content-type")
         if content_type.startswith("text/event-stream"):
             return "stream"
+        if content_type.startswith(_LINE_TYPES):
+            return "lines"
         if _is_json(content_type) or content_type.startswith(_TEXT_TYPES) or not content_type:
             return "buffer"
         return "pass"
@@ -224,8 +232,19 @@ class _Responder:
             await self._respond(body if verdict.verdict == "allow" else verdict.text.encode(), [verdict])
             await self.audit.record(verdict, self.scope["path"], text)
             return
-        checked = [(await self._check_field(choice, holder, key), text)
-                   for choice, holder, key in _answer_fields(payload) for text in [holder[key]]]
+        fields = answer_fields(payload)
+        if fields is None:
+            await self._unknown_format()
+            return
+        checked = []
+        for field in fields:
+            text = field.holder[field.key]
+            verdict = await self.guard.check(text, budget_ms=self.settings.check_timeout_ms)
+            if verdict.verdict != "allow":
+                field.holder[field.key] = verdict.text
+            if verdict.verdict == "block":
+                field.mark_blocked()
+            checked.append((verdict, text))
         verdicts = [verdict for verdict, _ in checked]
         if self.settings.expose_matches and isinstance(payload, dict) and verdicts:
             payload["textguard"] = _summary(verdicts)
@@ -234,16 +253,18 @@ class _Responder:
         for verdict, text in checked:
             await self.audit.record(verdict, self.scope["path"], text)
 
-    async def _check_field(self, choice: dict[str, Any], holder: dict[str, Any], key: str) -> Verdict:
-        verdict = await self.guard.check(holder[key], budget_ms=self.settings.check_timeout_ms)
-        if verdict.verdict != "allow":
-            holder[key] = verdict.text
-        if verdict.verdict == "block":
-            if choice.get("object") == "response":  # the Responses API's way to say it
-                choice.update(status="incomplete", incomplete_details={"reason": "content_filter"})
-            else:
-                choice["finish_reason"] = "content_filter"
-        return verdict
+    async def _unknown_format(self) -> None:
+        """A JSON answer in no format textguard reads: a skip, never "allow". Passed (fail open,
+        marked only as skipped) or refused (closed)."""
+        logger.warning("a guarded answer is in no format textguard reads: not checked, failing %s",
+                       self.settings.fail_mode)
+        self.guard.note_skip("unknown_format")
+        if self.settings.fail_mode == "closed":
+            await self._finish_unchecked("unknown_format")
+            return
+        assert self.start is not None
+        await self.send(_with_headers(self.start, {SKIPPED_HEADER: b"unknown_format"}))
+        await self.send({"type": "http.response.body", "body": bytes(self.body), "more_body": False})
 
     async def _respond(self, body: bytes, verdicts: list[Verdict]) -> None:
         assert self.start is not None
@@ -269,36 +290,41 @@ class _Responder:
             await self.send(_with_headers(self.start, {VERDICT_HEADER: b"allow", SKIPPED_HEADER: reason.encode()}))
             await self.send({"type": "http.response.body", "body": bytes(self.body), "more_body": False})
 
-    # -- streams --------------------------------------------------------------------------
+    # -- streams ------------------------------------------------------------------------
 
     async def _stream(self, chunk: bytes, more: bool) -> None:
         try:
-            events = self.parser.feed(self.decode(chunk))
+            events: list[Event] | list[Line] = self.parser.feed(self.decode(chunk))
         except (OSError, ValueError, zlib.error) as exc:
             logger.warning("cannot decode a streamed answer, failing closed: %s", exc)
             self.guard.note_skip("encoding")
-            await self._block({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}, 0)
-            return
+            if self.mode == "stream":  # end it as a filtered chat stream, which clients finish on
+                await self.emit({"object": "chat.completion.chunk",
+                                 "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]})
+                await self.emit("[DONE]")
+            await self.end()
         if not more:
-            events += self.parser.close()
+            events += self.parser.close()  # type: ignore[operator]
         for event in events:
             await self._event(event)
             if self.stopped.is_set():
                 return
         if not more:
-            await self._finish_streams()
+            if self.handler is not None:
+                await self.handler.on_done()
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _event(self, event: Event) -> None:
+    async def _event(self, event: Event | Line) -> None:
         if event.data is None:
             await self._emit(event.encode())  # comments and keep-alives pass as they are
             return
         if event.data.strip() == "[DONE]":
-            await self._finish_streams()
+            if self.handler is not None:
+                await self.handler.on_done()
             await self._emit(event.encode())
             return
         try:
-            chunk = json.loads(event.data)
+            payload = json.loads(event.data)
         except (ValueError, RecursionError):
             self.guard.note_skip("malformed")
             if self.settings.fail_mode == "open":
@@ -307,151 +333,38 @@ class _Responder:
             else:
                 logger.warning("dropping an event whose data is not JSON (fail mode closed)")
             return
-        if isinstance(chunk, dict) and str(chunk.get("type", "")).startswith("response."):
-            await self._responses_event(chunk)
-            return
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list) or not chunk["choices"]:
-            await self._emit(event.encode())  # usage chunks, errors, other objects
-            return
-        await self._chat_chunk(chunk, event)
+        if isinstance(payload, dict) and self.handler is None:
+            self.handler = pick(payload, self)
+        if not isinstance(payload, dict) or self.handler is None:
+            await self._unknown_event(event)
+        elif not await self.handler.on(payload):
+            await self._emit(event.encode())
 
-    # -- the Responses API's events --------------------------------------------------------
-
-    async def _responses_event(self, event: dict[str, Any]) -> None:
-        """Guard response.output_text.delta per content part; put the released text into the
-        done events and the final response; renumber events, since held-back deltas are dropped."""
-        kind = event["type"]
-        if kind == "response.created" and isinstance(event.get("response"), dict):
-            self.response_object = event["response"]
-        part = (event.get("item_id"), event.get("output_index"), event.get("content_index"))
-        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
-            stream = self._part_stream(part)
-            release = await stream.feed(event["delta"])
-            if release.blocked:
-                await self._incomplete()
-            self.released_by_part[part] = self.released_by_part.get(part, "") + release.text
-            if not release.text:
-                return
-            event["delta"] = release.text
-        elif kind == "response.output_text.done":
-            stream = self._part_stream(part)
-            release = await stream.finish()
-            if release.blocked:
-                await self._incomplete()
-            if release.text:
-                self.released_by_part[part] = self.released_by_part.get(part, "") + release.text
-                await self._emit_response_event({**event, "type": "response.output_text.delta",
-                                                 "delta": release.text})
-                event = {k: v for k, v in event.items() if k != "delta"}
-            event["text"] = self.released_by_part.get(part, "")
+    async def _unknown_event(self, event: Event | Line) -> None:
+        """An event of no format textguard reads: a skip (counted once per response); fail open
+        passes it, fail closed ends the stream."""
+        if not self.unknown_format:
+            self.unknown_format = True
+            logger.warning("a guarded stream is in no format textguard reads: not checked, failing %s",
+                           self.settings.fail_mode)
+            self.guard.note_skip("unknown_format")
+        if self.settings.fail_mode == "open":
+            await self._emit(event.encode())
         else:
-            self._replace_released_texts(event)
-        await self._emit_response_event(event)
+            await self.end()
 
-    def _part_stream(self, part: tuple[Any, Any, Any]) -> GuardedStream:
-        stream = self.streams_by_part.get(part)
-        if stream is None:
-            stream = self.streams_by_part[part] = GuardedStream(self.guard)
-        return stream
+    # -- the Sink the format handlers write to ----------------------------------------------
 
-    def _replace_released_texts(self, event: dict[str, Any]) -> None:
-        """Done and completed events repeat the whole text: give them the released text."""
-        released = {(item_id, content_index): text for (item_id, _, content_index), text
-                    in self.released_by_part.items()}
-        if isinstance(event.get("part"), dict) and "text" in event["part"]:
-            event["part"]["text"] = released.get((event.get("item_id"), event.get("content_index")),
-                                                 event["part"]["text"])
-        items = [event["item"]] if isinstance(event.get("item"), dict) else []
-        if isinstance(event.get("response"), dict) and isinstance(event["response"].get("output"), list):
-            items += [i for i in event["response"]["output"] if isinstance(i, dict)]
-        for item in items:
-            for index, content in enumerate(item.get("content") or []):
-                if isinstance(content, dict) and (item.get("id"), index) in released:
-                    content["text"] = released[(item.get("id"), index)]
+    async def emit(self, payload: Any, event: str | None = None) -> None:
+        data = payload if isinstance(payload, str) else _dumps(payload)
+        await self._emit((data + "\n").encode() if self.mode == "lines" else encode_data(data, event=event))
 
-    async def _incomplete(self) -> None:
-        """End a Responses stream the way that API reports a filtered answer, and stop the app."""
-        response = {**self.response_object, "status": "incomplete",
-                    "incomplete_details": {"reason": "content_filter"}}
-        await self._emit_response_event({"type": "response.incomplete", "response": response})
+    async def end(self) -> NoReturn:
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         self.stopped.set()
         raise _Stopped
 
-    async def _emit_response_event(self, event: dict[str, Any]) -> None:
-        event["sequence_number"] = self.sequence
-        self.sequence += 1
-        await self._emit(encode_data(_dumps(event), event=event["type"]))
-
-    async def _chat_chunk(self, chunk: dict[str, Any], event: Event) -> None:
-        keep: list[dict[str, Any]] = []
-        for choice in chunk["choices"]:
-            if not isinstance(choice, dict):
-                keep.append(choice)
-                continue
-            index = choice.get("index", 0)
-            if not isinstance(index, int):  # malformed: still guarded, as choice 0
-                index = 0
-            stream = self.streams.get(index) or self.streams.setdefault(index, GuardedStream(self.guard))
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else None
-            holder, key = (delta, "content") if delta is not None else (choice, "text")
-            content = holder.get(key)
-            if isinstance(content, str) and content:
-                release = await stream.feed(content)
-                if release.blocked:
-                    await self._block(chunk, index)  # raises _Stopped
-                holder[key] = release.text
-            if choice.get("finish_reason") is not None:
-                await self._flush_choice(chunk, index, holder, key)
-            if _carries_something(choice, holder, key):
-                keep.append(choice)
-        if keep:
-            await self._emit(encode_data(_dumps({**chunk, "choices": keep})))
-
-    async def _flush_choice(self, chunk: dict[str, Any], index: int, holder: dict[str, Any], key: str) -> None:
-        """Before a choice's finish_reason, send what its stream still holds, in a chunk of its
-        own: clients drop content that shares a chunk with the finish_reason."""
-        release = await self.streams[index].finish()
-        if release.blocked:
-            await self._block(chunk, index)  # raises _Stopped
-        text = (holder.get(key) or "") + release.text
-        if key in holder:
-            holder[key] = ""
-        if text:
-            await self._emit(encode_data(_dumps(_content_chunk(chunk, index, key, text))))
-
-    async def _finish_streams(self) -> None:
-        """The body ended (or [DONE] came) with choices still holding text: release it."""
-        for index, stream in list(self.streams.items()):
-            if stream.finished:
-                continue
-            release = await stream.finish()
-            if release.text:
-                template = {"object": "chat.completion.chunk", "choices": []}
-                await self._emit(encode_data(_dumps(_content_chunk(template, index, "content", release.text))))
-
-    async def _block(self, chunk: dict[str, Any], index: int) -> None:
-        """End the stream as clients expect: an empty delta with finish_reason content_filter,
-        the usage chunk if one was asked for, then [DONE]; and stop the app. (The app's usage is
-        never reached once it is stopped: the usage chunk carries zeros, so that clients waiting
-        for one finish normally.)"""
-        delta_key = "delta" if any(isinstance(c, dict) and "delta" in c for c in chunk["choices"]) else None
-        choice: dict[str, Any] = {"index": index, "finish_reason": "content_filter"}
-        if delta_key:
-            choice["delta"] = {}
-        else:
-            choice["text"] = ""
-        await self._emit(encode_data(_dumps({**chunk, "choices": [choice]})))
-        if self._wants_usage():
-            usage = {k: v for k, v in chunk.items() if k in ("id", "object", "created", "model")}
-            usage.update(choices=[], usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
-            await self._emit(encode_data(json.dumps(usage)))
-        await self._emit(encode_data("[DONE]"))
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-        self.stopped.set()
-        raise _Stopped
-
-    def _wants_usage(self) -> bool:
+    def wants_usage(self) -> bool:
         try:
             request = json.loads(self.request_body or b"{}")
         except ValueError:
@@ -461,50 +374,6 @@ class _Responder:
 
     async def _emit(self, data: bytes) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
-
-
-def _carries_something(choice: dict[str, Any], holder: dict[str, Any], key: str) -> bool:
-    """Does a choice still say anything once its held-back content is taken out?"""
-    if holder.get(key):
-        return True
-    if choice.get("finish_reason") is not None or choice.get("logprobs"):
-        return True
-    delta = choice.get("delta")
-    return isinstance(delta, dict) and any(k != "content" and v is not None for k, v in delta.items())
-
-
-def _content_chunk(chunk: dict[str, Any], index: int, key: str, text: str) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": index, "finish_reason": None}
-    if key == "content":
-        choice["delta"] = {"content": text}
-    else:
-        choice["text"] = text
-    return {**chunk, "choices": [choice]}
-
-
-def _answer_fields(payload: Any) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
-    """Where answer texts sit: (choice, holder, key) for choices[].message.content (chat),
-    choices[].text (legacy completions) and output[].content[].text (Responses API, whose
-    `choice` is the response itself)."""
-    fields: list[tuple[dict[str, Any], dict[str, Any], str]] = []
-    if isinstance(payload, dict) and payload.get("object") == "response" and isinstance(payload.get("output"), list):
-        for item in payload["output"]:
-            for content in (item.get("content") or []) if isinstance(item, dict) else []:
-                if isinstance(content, dict) and content.get("type") == "output_text" \
-                        and isinstance(content.get("text"), str):
-                    fields.append((payload, content, "text"))
-        return fields
-    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
-        return fields
-    for choice in payload["choices"]:
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            fields.append((choice, message, "content"))
-        elif isinstance(choice.get("text"), str):
-            fields.append((choice, choice, "text"))
-    return fields
 
 
 def _dumps(payload: Any) -> str:

@@ -48,6 +48,7 @@ def create_app(settings: Settings, *, guard: Guard | None = None) -> ASGIApp:
     routes = [*api.routes(), Route("/metrics", metrics, methods=["GET"])]
     if forwarder is not None:
         routes.append(Route("/v1/{path:path}", forwarder))  # an ASGI app: every method passes
+        routes.append(Route("/api/{path:path}", forwarder))  # Ollama's native API
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

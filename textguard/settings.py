@@ -73,9 +73,13 @@ class Settings:
     """Replaces a blocked answer; `{works}` lists the works copied."""
 
     # Where the middleware looks.
-    guard_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
-    """Request paths whose answers are guarded (comma-separated in the environment); a
-    trailing `*` matches a prefix."""
+    guard_paths: tuple[str, ...] = (
+        "/v1/chat/completions", "/v1/chat/completions/batch", "/v1/completions", "/v1/responses",
+        "/v1/responses/resp_*", "/v1/messages", "/invocations", "/api/chat", "/api/generate", "/generate",
+        "/cohere/v2/chat")
+    """Request paths whose answers are guarded (comma-separated in the environment; shell-style
+    patterns): the text routes of vLLM, SGLang and Ollama. An answer there in a format textguard
+    cannot read is a skipped check, never passed as checked."""
     expose_matches: bool = False
     """Add a `textguard` field with the verdict and matches to guarded JSON answers."""
 

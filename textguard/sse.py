@@ -1,5 +1,6 @@
-"""Server-sent events, incrementally: events may arrive split across body messages, lines may
-end in CRLF, and a multibyte character may be cut between two messages."""
+"""Streamed bodies, incrementally: server-sent events and NDJSON lines (Ollama's streams). Events
+may arrive split across body messages, lines may end in CRLF, and a multibyte character may be
+cut between two messages."""
 
 from __future__ import annotations
 
@@ -20,6 +21,35 @@ class Event:
 def encode_data(data: str, event: str | None = None) -> bytes:
     head = b"event: " + event.encode() + b"\n" if event else b""
     return head + b"".join(b"data: " + line.encode() + b"\n" for line in data.split("\n")) + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One NDJSON line: its raw bytes (to re-send untouched) and its text."""
+
+    raw: bytes
+
+    @property
+    def data(self) -> str | None:
+        return self.raw.decode("utf-8", "replace") if self.raw.strip() else None
+
+    def encode(self) -> bytes:
+        return self.raw + b"\n"
+
+
+class LineParser:
+    """Feed body bytes, get complete lines."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[Line]:
+        *complete, self._buffer = (self._buffer + chunk).split(b"\n")
+        return [Line(raw.rstrip(b"\r")) for raw in complete]
+
+    def close(self) -> list[Line]:
+        rest, self._buffer = self._buffer.rstrip(b"\r"), b""
+        return [Line(rest)] if rest else []
 
 
 class EventParser:

@@ -66,6 +66,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def keep_logs_visible() -> None:
+    """A host server that configures logging for its own loggers only (vLLM, through a
+    `dictConfig` that disables every logger existing before it) would silence textguard's
+    warnings, skipped checks among them: enable textguard's loggers again, and give them a
+    stderr handler of their own where nothing else would print them."""
+    for name, item in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "textguard" or name.startswith("textguard.")) and isinstance(item, logging.Logger):
+            item.disabled = False
+    package = logging.getLogger("textguard")
+    if not package.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s [%(request_id)s] %(message)s"))
+        package.addHandler(handler)
+
+
 def configure_logging(level: int, json_lines: bool = False) -> None:
     """Log to stderr with the request id on every line (as JSON lines if `json_lines`)."""
     handler = logging.StreamHandler()
