@@ -98,6 +98,37 @@ def test_redis_stopped_mid_stream_then_back(faulty: Settings, running: RedisProc
     guard.close()
 
 
+def test_a_stream_waits_out_a_slow_redis_and_lets_no_copy_out(faulty: Settings, running: RedisProcess,
+                                                              record: dict, negative_records: list[dict]) -> None:
+    """Failing open, a Redis that is slow (busy for longer than its socket timeout), not gone, is
+    asked again while the stream's text stays held: the copy is replaced and nothing is skipped."""
+    recorder = Recorder()
+    guard, server = guarded(faulty, "open", recorder)
+    clean, copied = negative_records[9]["text"][:200], record["text"][1000:1200]  # under half the answer
+    outcome: dict[str, Any] = {}
+
+    def read_stream(url: str) -> None:
+        outcome["text"], outcome["reasons"], _ = collect(ask(url, clean + PAUSE + copied + AFTER, stream=True))
+
+    with server as url:
+        reader = threading.Thread(target=read_stream, args=(url,))
+        reader.start()
+        assert recorder.paused.wait(10), "the stream did not reach its pause"
+        sleeper = threading.Thread(target=lambda: running.client().execute_command("DEBUG", "SLEEP", "1.5"))
+        sleeper.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _debug_sleeping(running):  # wait until Redis sleeps
+            time.sleep(0.01)
+        recorder.release.set()
+        reader.join(30)
+        sleeper.join(10)
+    assert not reader.is_alive()
+    assert outcome["reasons"] == ["stop"] and outcome["text"].startswith(clean) and outcome["text"].endswith(AFTER)
+    assert f"出自《{record['work']}》" in outcome["text"] and longest_shared_run(outcome["text"], copied) <= 50
+    assert not guard.skipped, guard.skipped
+    guard.close()
+
+
 @pytest.mark.parametrize("fault", ["pause", "sleep"])
 def test_paused_or_slow_redis_gives_prompt_skips(faulty: Settings, running: RedisProcess, record: dict,
                                                  fault: str) -> None:

@@ -141,12 +141,12 @@ def test_failing_closed_without_redis_blocks_what_it_cannot_check(litellm_proxy:
     clean = negative_records[0]["text"]
     with pytest.raises(openai.BadRequestError) as blocked:
         ask(litellm_proxy, clean, extra_body={"guardrails": ["textguard-closed"]})
-    assert "未能核查" in str(blocked.value)
+    assert "未能完成著作权核查" in str(blocked.value)
     released: list[str] = []
     with pytest.raises(openai.APIError) as stopped:  # LiteLLM ends a stream it was told to block with an error
         for chunk in ask(litellm_proxy, clean, stream=True, extra_body={"guardrails": ["textguard-closed"]}):
             released += [choice.delta.content or "" for choice in chunk.choices]
-    assert "未能核查" in str(stopped.value) and "".join(released) == ""
+    assert "未能完成著作权核查" in str(stopped.value) and "".join(released) == ""
 
 
 def test_the_guardrail_demands_its_token_and_reads_what_litellm_may_send(litellm_proxy: str,

@@ -153,19 +153,25 @@ def test_redis_down_fails_as_configured(settings: Settings, recorder: Recorder, 
 def test_skips_stay_visible_when_the_host_server_reconfigures_logging(settings: Settings, recorder: Recorder,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """vLLM configures its own loggers with a dictConfig that disables every logger existing
-    before it, textguard's among them: the middleware enables them again at its first request."""
+    before it, textguard's among them, and a package it imports sets the root logger to ERROR:
+    the middleware lets textguard's warnings through again at its first request."""
     down = settings.replace(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.2)
     app = TextGuardMiddleware(create_app(recorder), settings=down)
     loggers = [item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)]
     disabled = [item.disabled for item in loggers]
+    root, package = logging.getLogger(), logging.getLogger("textguard")
+    levels = root.level, package.level
     try:
         logging.config.dictConfig({"version": 1, "loggers": {"host": {"level": "INFO"}}})
+        root.setLevel(logging.ERROR)
         assert logging.getLogger("textguard.guard").disabled
-        with serve(app) as url, caplog.at_level(logging.WARNING):
+        with serve(app) as url:
             httpx2.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "普通的回答。"}]})
     finally:
         for item, was in zip(loggers, disabled, strict=True):
             item.disabled = was
+        root.setLevel(levels[0])
+        package.setLevel(levels[1])
     assert any("check skipped (redis)" in record.getMessage() for record in caplog.records)
 
 

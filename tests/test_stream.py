@@ -168,14 +168,14 @@ def test_a_stream_asks_redis_only_what_it_has_not_learned(indexed: Settings, cor
         try:
             await guard.start()
             checks = 0
-            check = guard.check
+            attempt = guard.attempt
 
             async def counted(*args: Any, **kwargs: Any) -> Verdict:
                 nonlocal checks
                 checks += 1
-                return await check(*args, **kwargs)
+                return await attempt(*args, **kwargs)
 
-            guard.check = counted  # type: ignore[method-assign]
+            guard.attempt = counted  # type: ignore[method-assign]
             stream = GuardedStream(guard)
             before = await guard.redis.info("commandstats")
             released = [(await stream.feed(text[i:i + 2])).text for i in range(0, len(text), 2)]

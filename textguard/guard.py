@@ -24,7 +24,7 @@ from textguard.store import DocumentRegion, IndexReader, check_deadline
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FailMode = Literal["open", "closed", "raise"]
-_SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
+SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
 SKIP_LOG_INTERVAL_S = 10.0  # beyond one warning per reason in this time, skips are logged as a count
 
 
@@ -118,22 +118,29 @@ class Guard:
         mode = fail_mode or self.settings.fail_mode
         if len(text) > self.settings.max_check_chars:
             limit = f"{len(text)} characters, more than max_check_chars={self.settings.max_check_chars}"
-            return self._skip(text, "too_large", ValueError(limit), started, mode)
+            return self.skip(text, "too_large", ValueError(limit), started, mode)
+        try:
+            return await self.attempt(text, budget_ms=budget_ms, memo=memo, normalised=normalised)
+        except IndexMismatchError:
+            raise
+        except SKIPPABLE as exc:
+            return self.skip(text, skip_reason(exc), exc, started, mode)
+
+    async def attempt(self, text: str, *, budget_ms: float | None = None, memo: LookupMemo | None = None,
+                      normalised: Normalised | None = None) -> Verdict:
+        """`check` without the fail mode: what stopped the check (one of `SKIPPABLE`) is raised,
+        for a caller that would rather try again (a stream whose Redis is slow, not gone)."""
+        started = time.perf_counter()
         detector, reader = self._ensure_detector()
         if normalised is None:
             normalised = normalise(text)
-        try:
-            async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None) as budget:
-                deadline = check_deadline.set(budget.when())
-                try:
-                    await reader.ensure_compatible()
-                    matches = await detector.find(normalised, memo)
-                finally:
-                    check_deadline.reset(deadline)
-        except IndexMismatchError:
-            raise
-        except _SKIPPABLE as exc:
-            return self._skip(text, _reason(exc), exc, started, mode)
+        async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None) as budget:
+            deadline = check_deadline.set(budget.when())
+            try:
+                await reader.ensure_compatible()
+                matches = await detector.find(normalised, memo)
+            finally:
+                check_deadline.reset(deadline)
         elapsed = (time.perf_counter() - started) * 1000
         verdict = self.policy.decide(text, len(normalised.text), matches, elapsed)
         telemetry.CHECKS.labels(verdict.verdict).inc()
@@ -165,16 +172,16 @@ class Guard:
             await reader.ensure_compatible()
         except IndexMismatchError:
             raise
-        except _SKIPPABLE as exc:
-            return [self._skip(text, _reason(exc), exc, started, mode) for text in texts]
+        except SKIPPABLE as exc:
+            return [self.skip(text, skip_reason(exc), exc, started, mode) for text in texts]
         if normalised is None:
             normalised = [normalise(text) for text in texts]
         found = await batch.run([detector.find(n) for n in normalised])
         share = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
         verdicts = []
         for text, normal, result in zip(texts, normalised, found, strict=True):
-            if isinstance(result, _SKIPPABLE):
-                verdicts.append(self._skip(text, _reason(result), result, started, mode))
+            if isinstance(result, SKIPPABLE):
+                verdicts.append(self.skip(text, skip_reason(result), result, started, mode))
             elif isinstance(result, BaseException):
                 raise result
             else:
@@ -190,7 +197,9 @@ class Guard:
         except (*REDIS_ERRORS, OSError) as exc:
             raise StoreUnavailableError(f"Redis error: {exc}") from exc
 
-    def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
+    def skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode | None = None) -> Verdict:
+        """The verdict on a check that could not run: counted, logged, and decided by the fail mode."""
+        mode = mode or self.settings.fail_mode
         self.note_skip(reason)
         if mode == "raise":
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
@@ -232,5 +241,5 @@ class Guard:
             self._sync_guard = None
 
 
-def _reason(exc: BaseException) -> str:
+def skip_reason(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "redis"

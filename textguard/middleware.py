@@ -5,8 +5,9 @@ formats of `answer_fields`, or plain text and markdown) are buffered, checked, r
 blocked, and sent with a recomputed Content-Length; event streams and NDJSON streams are
 checked as they grow by the handler of their format (`answer_streams`), and released as soon as
 that is safe. An answer in a format textguard cannot read is a skipped check (`unknown_format`),
-never "allow". Every other response passes byte for byte, unbuffered. The guard never swallows the client's
-`http.disconnect`; when it blocks a stream it stops reading the app, which then sees one.
+never "allow". Every other response passes byte for byte, unbuffered. The guard never swallows
+the client's `http.disconnect`; when it blocks a stream it stops reading the app, which then
+sees one.
 """
 
 from __future__ import annotations

@@ -67,9 +67,10 @@ class Policy:
                                            doc_id=match.doc_id)
 
     def block_message(self, matches: Iterable[Match]) -> str:
-        """The text of a blocked answer, naming the works copied (or saying none could be checked)."""
+        """The text of a blocked answer, naming the works copied; with none, the answer could not
+        be checked (and is blocked only because the fail mode is closed)."""
         works = "》《".join(dict.fromkeys(work_name(m) for m in matches))
-        return self.settings.block_message.format(works=works or "未能核查")
+        return self.settings.block_message.format(works=works) if works else self.settings.unchecked_message
 
     def rewrite(self, text: str, flagged: list[Match]) -> str:
         pieces: list[str] = []

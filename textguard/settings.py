@@ -71,6 +71,8 @@ class Settings:
     """Replaces a copied span; `{work}`, `{title}`, `{author}` and `{doc_id}` are filled in."""
     block_message: str = "〔该回答大段复制了受著作权保护的作品（《{works}》），已被拦截〕"
     """Replaces a blocked answer; `{works}` lists the works copied."""
+    unchecked_message: str = "〔未能完成著作权核查，按设置不予输出该回答〕"
+    """Replaces an answer blocked because it could not be checked (fail mode closed)."""
 
     # Where the middleware looks.
     guard_paths: tuple[str, ...] = (

@@ -14,9 +14,11 @@ apart: what arrives meanwhile is held (nothing is released without a check), the
 replaced by its notice anyway, and only the text after its end waits a little longer.
 
 A check that runs past its budget (`check_timeout_ms`) is not cut short: the text it covers
-stays held, and the reader waits, until it ends. Releasing unchecked text because the machine
-is busy would break the bound exactly when a server is loaded. Only a check past
-`stream_check_ceiling_ms`, or one that cannot reach Redis, is a skip for the fail mode.
+stays held, and the reader waits, until it ends; a Redis that times out (slow, not gone) is
+asked again. Releasing unchecked text because the machine is busy would break the bound
+exactly when a server is loaded. Only a check past `stream_check_ceiling_ms`, or one that
+cannot reach Redis at all, is a skip for the fail mode; after such a skip the stream's later
+checks wait no longer than the budget (an outage should not stall every stream for seconds).
 
 A stream is checked against the corpus as it stood when its checking began: what one check
 learned (a band key's postings, a document found live, the key filter found current, the
@@ -26,19 +28,23 @@ Redis nothing at all.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import numpy as np
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from textguard import telemetry
 from textguard.detect import LookupMemo, Match
-from textguard.guard import Guard
+from textguard.guard import SKIPPABLE, Guard, skip_reason
 from textguard.normalise import GrowingNormal, Normalised, matchable_chars
 from textguard.policy import Verdict, VerdictKind, work_name
 
 _IN_COPY_STEPS = 3
+_RETRY_PAUSE_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +132,7 @@ class GuardedStream:
         first = max(released_chars - self._context, 0)
         window_start = int(normalised.offsets[first]) if first else self._normal.start
         window = Normalised(normalised.text[first:], normalised.offsets[first:] - window_start)
-        verdict = await self._guard.check(self.text[window_start:], budget_ms=self._ceiling_ms, memo=self._memo,
-                                          normalised=window)
+        verdict = await self._verdict(self.text[window_start:], window)
         self._normal.forget(window_start)
         self.elapsed_ms += verdict.elapsed_ms
         if verdict.elapsed_ms > self._budget_ms:
@@ -176,6 +181,24 @@ class GuardedStream:
             self.blocked = True
             return Release("", blocked=True)
         return Release("".join(pieces))
+
+    async def _verdict(self, text: str, window: Normalised) -> Verdict:
+        """The check of the window, waited for up to the ceiling, asking a slow Redis again."""
+        started = time.perf_counter()
+        deadline = started + self._ceiling_ms / 1000
+        while True:
+            try:
+                return await self._guard.attempt(text, budget_ms=max(deadline - time.perf_counter(), 0.0) * 1000,
+                                                 memo=self._memo, normalised=window)
+            except RedisTimeout as exc:
+                if time.perf_counter() + _RETRY_PAUSE_S < deadline:
+                    await asyncio.sleep(_RETRY_PAUSE_S)  # a breath for a starved Redis, not a busy loop
+                    continue
+                failure: BaseException = exc
+            except SKIPPABLE as exc:
+                failure = exc
+            self._ceiling_ms = self._budget_ms
+            return self._guard.skip(text, skip_reason(failure), failure, started)
 
     def fork(self) -> GuardedStream:
         """A twin to try `finish()` on without ending this stream: what would go out if the

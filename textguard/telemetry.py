@@ -67,14 +67,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def keep_logs_visible() -> None:
-    """A host server that configures logging for its own loggers only (vLLM, through a
-    `dictConfig` that disables every logger existing before it) would silence textguard's
-    warnings, skipped checks among them: enable textguard's loggers again, and give them a
-    stderr handler of their own where nothing else would print them."""
+    """A host server that configures logging for its own loggers only would silence textguard's
+    warnings, skipped checks among them (vLLM's `dictConfig` disables every logger existing
+    before it; a package it imports sets the root logger to ERROR): enable textguard's loggers
+    again, let them pass warnings, and give them a stderr handler of their own where nothing
+    else would print them."""
     for name, item in list(logging.Logger.manager.loggerDict.items()):
         if (name == "textguard" or name.startswith("textguard.")) and isinstance(item, logging.Logger):
             item.disabled = False
     package = logging.getLogger("textguard")
+    if package.getEffectiveLevel() > logging.WARNING:
+        package.setLevel(logging.WARNING)
     if not package.hasHandlers():
         handler = logging.StreamHandler()
         handler.addFilter(RequestIdFilter())

@@ -1,0 +1,182 @@
+"""Streams through a real LiteLLM proxy with textguard as its guardrail: the leakage bound over many
+copied streams, clean streams unchanged, and what the guardrail costs a reader, against the same
+LiteLLM without it, in one run.
+
+    python benchmarks/litellm.py [--streams 60] [--corpus-fraction 0.1] [--sampling-rate 5]
+
+Processes on 127.0.0.1: the embedded Redis holding part of the shared corpus, the fake model of
+the tests (it answers with the user's message, two characters a chunk, `--chunk-delay` apart),
+`textguard serve`, and `litellm` with textguard as a `generic_guardrail_api` guardrail in
+`incremental_diff` mode (asked for per request, so the same LiteLLM serves the bare baseline).
+The answers are real chat answers of 500-1,500 characters, half of them with a 300-character
+corpus passage a third of the way in. Guarded and bare streams alternate, so both see the same
+noise. Printed: per flavour, the longest run of the passage the reader got (the bound is Q),
+clean streams changed, and time to first and to last character, guarded against bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from pathlib import Path
+
+import numpy as np
+import openai
+
+from textguard import Settings
+from textguard.normalise import normalise
+
+BENCHMARKS = Path(__file__).resolve().parent
+TESTS = BENCHMARKS.parent / "tests"
+sys.path[:0] = [str(BENCHMARKS), str(TESTS)]  # the corpus and answer loaders, the servers: reused
+from llm_app import Recorder, create_app  # noqa: E402
+from servers import program, serve, spawn  # noqa: E402
+from stream import PASSAGE_CHARS, build_index, load_answers, load_corpus  # noqa: E402
+
+SEED = 20261207
+MASTER_KEY = "sk-benchmark-master-key"
+CONFIG = """\
+model_list:
+  - model_name: demo
+    litellm_params: {{model: openai/demo, api_base: "{upstream}/v1", api_key: "none"}}
+guardrails:
+  - guardrail_name: textguard
+    litellm_params:
+      guardrail: generic_guardrail_api
+      mode: post_call
+      api_base: "{textguard}"
+      default_on: false
+      streaming_transform_mode: incremental_diff
+      streaming_sampling_rate: {sampling_rate}
+general_settings:
+  master_key: "{master_key}"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    flavour: str
+    guarded: bool
+    first_s: float
+    last_s: float
+    longest: int  # of the passage, in what the reader got (copied answers)
+    changed: bool
+
+
+def longest_run(released: str, passage: str) -> int:
+    a, b = normalise(released).text, normalise(passage).text
+    return SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b)).size
+
+
+def stream_once(client: openai.OpenAI, text: str, guarded: bool) -> tuple[str, float, float]:
+    extra = {"guardrails": ["textguard"]} if guarded else {}
+    started = time.perf_counter()
+    first = 0.0
+    pieces: list[str] = []
+    for chunk in client.chat.completions.create(model="demo", stream=True, extra_body=extra,
+                                                messages=[{"role": "user", "content": text}]):
+        for choice in chunk.choices:
+            if choice.delta.content:
+                first = first or time.perf_counter() - started
+                pieces.append(choice.delta.content)
+    return "".join(pieces), first, time.perf_counter() - started
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=60, help="answers per flavour (clean, copied)")
+    parser.add_argument("--corpus-fraction", type=float, default=0.1)
+    parser.add_argument("--sampling-rate", type=int, default=5, help="LiteLLM's streaming_sampling_rate")
+    parser.add_argument("--chunk-delay", type=float, default=0.005, help="seconds between the model's chunks")
+    options = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="textguard-litellm-"))
+    settings = Settings(home=home, index=f"litellm-{uuid.uuid4().hex[:6]}")
+    documents = load_corpus(options.corpus_fraction)
+    print(f"indexing {len(documents)} documents ...", flush=True)
+    print(f"indexed in {build_index(settings, documents):.1f} s", flush=True)
+    rng = random.Random(SEED)
+    answers = load_answers(2 * options.streams)
+    work: list[tuple[str, str, str]] = []  # flavour, text, passage
+    for index, answer in enumerate(answers):
+        if index % 2:
+            doc = rng.choice([d for d in documents if len(d.text) >= 2 * PASSAGE_CHARS])
+            offset = rng.randrange(len(doc.text) - PASSAGE_CHARS)
+            passage = doc.text[offset:offset + PASSAGE_CHARS]
+            cut = len(answer) // 3
+            work.append(("copied", answer[:cut] + "\n\n" + passage + "\n\n" + answer[cut:], passage))
+        else:
+            work.append(("clean", answer, ""))
+
+    executable = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
+    env = {"TEXTGUARD_HOME": str(home), "TEXTGUARD_INDEX": settings.index}
+    port = free_port()
+    with serve(create_app(Recorder(), chunk_chars=2, delay=options.chunk_delay)) as upstream, \
+            spawn(["serve", "--port", "0"], env) as (_, textguard):
+        config = home / "litellm.yaml"
+        config.write_text(CONFIG.format(upstream=upstream, textguard=textguard, master_key=MASTER_KEY,
+                                        sampling_rate=options.sampling_rate))
+        url = f"http://127.0.0.1:{port}"
+        with program([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                     {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, url + "/health/liveliness"):
+            client = openai.OpenAI(base_url=url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=120)
+            for _ in range(2):  # warm-up: connections, dictionaries
+                stream_once(client, answers[0], True)
+            runs: list[Run] = []
+            for number, (flavour, text, passage) in enumerate(work):
+                for guarded in (True, False) if number % 2 else (False, True):
+                    released, first, last = stream_once(client, text, guarded)
+                    runs.append(Run(flavour, guarded, first, last, longest_run(released, passage) if passage else 0,
+                                    released != text))
+                if (number + 1) % 20 == 0:
+                    print(f"  {number + 1}/{len(work)} answers", flush=True)
+    report(runs, settings.quote_chars)
+
+
+def report(runs: list[Run], quote: int) -> None:
+    print(f"\nlitellm {_version('litellm')}, textguard guardrail in incremental_diff mode; Q = {quote}")
+    print(f"{'flavour':<8} {'streams':>7} {'longest run max':>16} {'p50':>5} {'changed':>8} "
+          f"{'first char p50 guarded / bare':>30} {'last char p50 guarded / bare':>30}")
+    for flavour in ("clean", "copied"):
+        guarded = [r for r in runs if r.flavour == flavour and r.guarded]
+        bare = [r for r in runs if r.flavour == flavour and not r.guarded]
+        longest = [r.longest for r in guarded]
+        first_g, first_b = _median([r.first_s for r in guarded]), _median([r.first_s for r in bare])
+        last_g, last_b = _median([r.last_s for r in guarded]), _median([r.last_s for r in bare])
+        print(f"{flavour:<8} {len(guarded):>7} {max(longest):>16} {int(np.median(longest)):>5} "
+              f"{sum(r.changed for r in guarded):>8} "
+              f"{f'{first_g * 1000:.0f} / {first_b * 1000:.0f} ms ({first_g / first_b:.1f}x)':>30} "
+              f"{f'{last_g * 1000:.0f} / {last_b * 1000:.0f} ms ({last_g / last_b:.2f}x)':>30}")
+    copied = [r for r in runs if r.flavour == "copied" and r.guarded]
+    clean = [r for r in runs if r.flavour == "clean" and r.guarded]
+    held = max(r.longest for r in copied) <= quote and not any(r.changed for r in clean) \
+        and all(r.changed for r in copied)
+    print(f"\nbound held over {len(copied)} copied streams, no clean stream changed: {'yes' if held else 'NO'}")
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+if __name__ == "__main__":
+    main()
