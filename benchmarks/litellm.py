@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -37,28 +35,12 @@ from textguard.normalise import normalise
 BENCHMARKS = Path(__file__).resolve().parent
 TESTS = BENCHMARKS.parent / "tests"
 sys.path[:0] = [str(BENCHMARKS), str(TESTS)]  # the corpus and answer loaders, the servers: reused
+from litellm_proxy import MASTER_KEY, guardrail, litellm_proxy  # noqa: E402
 from llm_app import Recorder, create_app  # noqa: E402
-from servers import program, serve, spawn  # noqa: E402
+from servers import serve, spawn  # noqa: E402
 from stream import PASSAGE_CHARS, build_index, load_answers, load_corpus  # noqa: E402
 
 SEED = 20261207
-MASTER_KEY = "sk-benchmark-master-key"
-CONFIG = """\
-model_list:
-  - model_name: demo
-    litellm_params: {{model: openai/demo, api_base: "{upstream}/v1", api_key: "none"}}
-guardrails:
-  - guardrail_name: textguard
-    litellm_params:
-      guardrail: generic_guardrail_api
-      mode: post_call
-      api_base: "{textguard}"
-      default_on: false
-      streaming_transform_mode: incremental_diff
-      streaming_sampling_rate: {sampling_rate}
-general_settings:
-  master_key: "{master_key}"
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +72,6 @@ def stream_once(client: openai.OpenAI, text: str, guarded: bool) -> tuple[str, f
     return "".join(pieces), first, time.perf_counter() - started
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=60, help="answers per flavour (clean, copied)")
@@ -122,17 +98,11 @@ def main() -> None:
         else:
             work.append(("clean", answer, ""))
 
-    executable = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
     env = {"TEXTGUARD_HOME": str(home), "TEXTGUARD_INDEX": settings.index}
-    port = free_port()
     with serve(create_app(Recorder(), chunk_chars=2, delay=options.chunk_delay)) as upstream, \
             spawn(["serve", "--port", "0"], env) as (_, textguard):
-        config = home / "litellm.yaml"
-        config.write_text(CONFIG.format(upstream=upstream, textguard=textguard, master_key=MASTER_KEY,
-                                        sampling_rate=options.sampling_rate))
-        url = f"http://127.0.0.1:{port}"
-        with program([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                     {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, url + "/health/liveliness"):
+        guardrails = [guardrail("textguard", textguard, default_on=False, sampling_rate=options.sampling_rate)]
+        with litellm_proxy(upstream, guardrails, home) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=120)
             for _ in range(2):  # warm-up: connections, dictionaries
                 stream_once(client, answers[0], True)

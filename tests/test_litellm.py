@@ -3,17 +3,15 @@ process with the README's config), in front of the fake model, driven by the ope
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 import pytest
+from litellm_proxy import MASTER_KEY, guardrail, litellm_proxy
 from llm_app import Recorder, create_app
-from servers import program, serve
+from servers import serve
 from test_middleware import AFTER, BEFORE, collect
 from test_stream import longest_shared_run
 
@@ -23,31 +21,6 @@ from textguard.audit import AuditReader
 from textguard.server import create_app as create_textguard_app
 
 API_TOKEN = "litellm-guardrail-token-0123456789"
-MASTER_KEY = "sk-litellm-master-key-for-tests"
-CONFIG = """\
-model_list:
-  - model_name: demo
-    litellm_params: {{model: openai/demo, api_base: "{upstream}/v1", api_key: "sk-upstream"}}
-guardrails:
-  - guardrail_name: textguard
-    litellm_params:
-      guardrail: generic_guardrail_api
-      mode: post_call
-      api_base: "{textguard}"
-      api_key: "{token}"
-      default_on: true
-      streaming_transform_mode: incremental_diff
-  - guardrail_name: textguard-closed
-    litellm_params:
-      guardrail: generic_guardrail_api
-      mode: post_call
-      api_base: "{closed}"
-      api_key: "{token}"
-      default_on: false
-      streaming_transform_mode: incremental_diff
-general_settings:
-  master_key: "{master_key}"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,30 +29,17 @@ def textguard_settings(indexed: Settings) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def litellm_proxy(textguard_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """LiteLLM on 127.0.0.1 with two guardrails: textguard (on for every request), and a textguard
-    whose Redis is gone, failing closed (asked for by name)."""
-    executable = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
+def litellm_proxy_url(textguard_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """LiteLLM with two guardrails: textguard (on for every request), and a textguard whose Redis
+    is gone, failing closed (asked for by name)."""
     closed = textguard_settings.replace(redis_url="redis://127.0.0.1:1", fail_mode="closed")
-    port = _free_port()
     with serve(create_app(Recorder(), chunk_chars=2)) as upstream, \
             serve(create_textguard_app(textguard_settings), lifespan="on") as textguard, \
             serve(create_textguard_app(closed), lifespan="on") as closed_textguard:
-        config = tmp_path_factory.mktemp("litellm") / "config.yaml"
-        config.write_text(CONFIG.format(upstream=upstream, textguard=textguard, closed=closed_textguard,
-                                        token=API_TOKEN, master_key=MASTER_KEY))
-        url = f"http://127.0.0.1:{port}"
-        with program([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                     {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, url + "/health/liveliness"):
+        guardrails = [guardrail("textguard", textguard, token=API_TOKEN),
+                      guardrail("textguard-closed", closed_textguard, token=API_TOKEN, default_on=False)]
+        with litellm_proxy(upstream, guardrails, tmp_path_factory.mktemp("litellm")) as url:
             yield url
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def client(url: str) -> openai.OpenAI:
@@ -94,7 +54,7 @@ def streamed(url: str, text: str, **kwargs: Any) -> tuple[str, list[str | None],
     return collect(ask(url, text, stream=True, stream_options={"include_usage": True}, **kwargs))
 
 
-def test_copies_in_streams_are_replaced_and_never_released_past_q(litellm_proxy: str, corpus_records: list[dict],
+def test_copies_in_streams_are_replaced_and_never_released_past_q(litellm_proxy_url: str, corpus_records: list[dict],
                                                                   negative_records: list[dict]) -> None:
     """Copies of several works, early and late in the answer (after 700 clean characters, where
     LiteLLM's default mode let all of them through): each is replaced by the notice mid-stream,
@@ -104,52 +64,52 @@ def test_copies_in_streams_are_replaced_and_never_released_past_q(litellm_proxy:
     for index, record in enumerate(long_records):
         head = BEFORE if index % 2 == 0 else clean
         copied = record["text"][1000:1000 + (100 if head == BEFORE else 300)]  # under half the answer
-        text, reasons, usage = streamed(litellm_proxy, head + copied + AFTER)
+        text, reasons, usage = streamed(litellm_proxy_url, head + copied + AFTER)
         assert longest_shared_run(text, copied) <= 50, record["id"]
         assert f"出自《{record['work']}》" in text
         assert text.startswith(head) and text.endswith(AFTER)
         assert reasons[-1] == "stop" and len(usage) == 1
 
 
-def test_clean_streams_and_answers_pass_unchanged(litellm_proxy: str, negative_records: list[dict]) -> None:
+def test_clean_streams_and_answers_pass_unchanged(litellm_proxy_url: str, negative_records: list[dict]) -> None:
     for record in negative_records[:8]:
-        assert streamed(litellm_proxy, record["text"])[0] == record["text"]
-        assert ask(litellm_proxy, record["text"]).choices[0].message.content == record["text"]
+        assert streamed(litellm_proxy_url, record["text"])[0] == record["text"]
+        assert ask(litellm_proxy_url, record["text"]).choices[0].message.content == record["text"]
 
 
-def test_whole_answers_are_rewritten_or_blocked(litellm_proxy: str, corpus_records: list[dict]) -> None:
+def test_whole_answers_are_rewritten_or_blocked(litellm_proxy_url: str, corpus_records: list[dict]) -> None:
     record = next(r for r in corpus_records if len(r["text"]) > 3000)
     copied = record["text"][1000:1100]
-    answer = ask(litellm_proxy, BEFORE + copied + AFTER).choices[0].message.content
+    answer = ask(litellm_proxy_url, BEFORE + copied + AFTER).choices[0].message.content
     assert answer.startswith(BEFORE) and f"出自《{record['work']}》" in answer
     assert longest_shared_run(answer, copied) < 50
     with pytest.raises(openai.BadRequestError) as blocked:
-        ask(litellm_proxy, record["text"][:1500])
+        ask(litellm_proxy_url, record["text"][:1500])
     assert f"《{record['work']}》" in str(blocked.value) and "已被拦截" in str(blocked.value)
 
 
-def test_a_stream_that_must_be_blocked_ends_with_the_block_message(litellm_proxy: str,
+def test_a_stream_that_must_be_blocked_ends_with_the_block_message(litellm_proxy_url: str,
                                                                    corpus_records: list[dict]) -> None:
     record = next(r for r in corpus_records if len(r["text"]) > 3000)
-    text, reasons, _ = streamed(litellm_proxy, BEFORE + record["text"][:1500])
+    text, reasons, _ = streamed(litellm_proxy_url, BEFORE + record["text"][:1500])
     assert longest_shared_run(text, record["text"][:1500]) <= 50
     assert text.startswith(BEFORE) and text.endswith("已被拦截〕") and reasons[-1] == "stop"
 
 
-def test_failing_closed_without_redis_blocks_what_it_cannot_check(litellm_proxy: str,
+def test_failing_closed_without_redis_blocks_what_it_cannot_check(litellm_proxy_url: str,
                                                                    negative_records: list[dict]) -> None:
     clean = negative_records[0]["text"]
     with pytest.raises(openai.BadRequestError) as blocked:
-        ask(litellm_proxy, clean, extra_body={"guardrails": ["textguard-closed"]})
+        ask(litellm_proxy_url, clean, extra_body={"guardrails": ["textguard-closed"]})
     assert "未能完成著作权核查" in str(blocked.value)
     released: list[str] = []
     with pytest.raises(openai.APIError) as stopped:  # LiteLLM ends a stream it was told to block with an error
-        for chunk in ask(litellm_proxy, clean, stream=True, extra_body={"guardrails": ["textguard-closed"]}):
+        for chunk in ask(litellm_proxy_url, clean, stream=True, extra_body={"guardrails": ["textguard-closed"]}):
             released += [choice.delta.content or "" for choice in chunk.choices]
     assert "未能完成著作权核查" in str(stopped.value) and "".join(released) == ""
 
 
-def test_the_guardrail_demands_its_token_and_reads_what_litellm_may_send(litellm_proxy: str,
+def test_the_guardrail_demands_its_token_and_reads_what_litellm_may_send(litellm_proxy_url: str,
                                                                          textguard_settings: Settings) -> None:
     with serve(create_textguard_app(textguard_settings), lifespan="on") as textguard:
         url = textguard + "/beta/litellm_basic_guardrail_api"

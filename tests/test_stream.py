@@ -142,7 +142,7 @@ def test_past_the_ceiling_the_fail_mode_decides(indexed: Settings, corpus_record
     text = COPIED_ANSWER_BEFORE + record["text"][2000:2300]
 
     async def run(fail_mode: str) -> tuple[str, bool, Guard]:
-        guard = Guard(indexed.replace(check_timeout_ms=0.0, stream_check_ceiling_ms=0.0, fail_mode=fail_mode))
+        guard = Guard(indexed.replace(check_timeout_ms=0.0, check_ceiling_ms=0.0, fail_mode=fail_mode))
         try:
             released, blocked = await stream_through(guard, text, list(range(0, len(text), 3)))
             return released, blocked, guard

@@ -20,7 +20,7 @@ from textguard.guard import Guard
 from textguard.stream import GuardedStream, Release
 
 ANTHROPIC_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",
-                              "message_delta", "message_stop", "ping"})
+                              "message_delta", "message_stop", "ping", "error"})  # an error first: passed as it is
 
 
 class Sink(Protocol):
@@ -187,6 +187,8 @@ class ResponsesStream(AnswerStream):
 
     async def on(self, event: dict[str, Any]) -> bool:
         kind = event.get("type")
+        if not isinstance(kind, str):
+            return False
         if kind == "response.created" and isinstance(event.get("response"), dict):
             self.response = event["response"]
         elif kind == "response.output_item.added" and isinstance(event.get("item"), dict):

@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
+from redis.exceptions import TimeoutError as RedisTimeout
+
 from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
 from textguard.batch import BatchedReader
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FailMode = Literal["open", "closed", "raise"]
 SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
+_RETRY_PAUSE_S = 0.02  # between two tries of a check whose Redis timed out
 SKIP_LOG_INTERVAL_S = 10.0  # beyond one warning per reason in this time, skips are logged as a count
 
 
@@ -145,6 +148,39 @@ class Guard:
         verdict = self.policy.decide(text, len(normalised.text), matches, elapsed)
         telemetry.CHECKS.labels(verdict.verdict).inc()
         telemetry.CHECK_SECONDS.observe(elapsed / 1000)
+        return verdict
+
+    async def check_held(self, text: str, *, ceiling_ms: float | None = None, memo: LookupMemo | None = None,
+                         normalised: Normalised | None = None) -> Verdict:
+        """Check text that is held until the verdict (an answer not yet sent): a check past
+        `check_timeout_ms` goes on, and a Redis that times out (slow, not gone) is asked again,
+        until `ceiling_ms` (default `check_ceiling_ms`). Releasing unchecked text because the
+        machine is busy would pass copies exactly when a server is loaded; only an unreachable
+        Redis or the ceiling make it a skip, for the fail mode."""
+        started = time.perf_counter()
+        budget_ms = self.settings.check_timeout_ms
+        ceiling_ms = max(self.settings.check_ceiling_ms if ceiling_ms is None else ceiling_ms, budget_ms)
+        if len(text) > self.settings.max_check_chars:
+            return await self.check(text)  # a skip (too_large), decided as any check's
+        deadline = started + ceiling_ms / 1000
+        while True:
+            try:
+                verdict = await self.attempt(text, budget_ms=max(deadline - time.perf_counter(), 0.0) * 1000,
+                                             memo=memo, normalised=normalised)
+                break
+            except RedisTimeout as exc:
+                if time.perf_counter() + _RETRY_PAUSE_S < deadline:
+                    await asyncio.sleep(_RETRY_PAUSE_S)  # a breath for a starved Redis, not a busy loop
+                    continue
+                verdict = self.skip(text, skip_reason(exc), exc, started)
+                break
+            except IndexMismatchError:
+                raise
+            except SKIPPABLE as exc:
+                verdict = self.skip(text, skip_reason(exc), exc, started)
+                break
+        if verdict.elapsed_ms > budget_ms:
+            telemetry.CHECK_WAIT_SECONDS.observe((verdict.elapsed_ms - budget_ms) / 1000)
         return verdict
 
     def note_skip(self, reason: str) -> None:

@@ -132,7 +132,7 @@ class LiteLLMGuardrail:
         return await self._post(call_id, texts)
 
     async def _check(self, text: str) -> Verdict:
-        return await self.guard.check(text, budget_ms=self.guard.settings.api_check_timeout_ms)
+        return await self.guard.check_held(text)
 
     async def _whole(self, texts: Sequence[str], kind: str) -> dict[str, Any]:
         """Texts that are not a stream's: judged whole, now."""

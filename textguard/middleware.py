@@ -229,7 +229,7 @@ class _Responder:
             payload = None  # no content type: read it as text
         if payload is None:
             text = body.decode("utf-8", "replace")
-            verdict = await self.guard.check(text, budget_ms=self.settings.check_timeout_ms)
+            verdict = await self.guard.check_held(text)
             await self._respond(body if verdict.verdict == "allow" else verdict.text.encode(), [verdict])
             await self.audit.record(verdict, self.scope["path"], text)
             return
@@ -240,7 +240,7 @@ class _Responder:
         checked = []
         for field in fields:
             text = field.holder[field.key]
-            verdict = await self.guard.check(text, budget_ms=self.settings.check_timeout_ms)
+            verdict = await self.guard.check_held(text)
             if verdict.verdict != "allow":
                 field.holder[field.key] = verdict.text
             if verdict.verdict == "block":
@@ -339,7 +339,11 @@ class _Responder:
         if not isinstance(payload, dict) or self.handler is None:
             await self._unknown_event(event)
         elif not await self.handler.on(payload):
-            await self._emit(event.encode())
+            other = pick(payload, self)  # an event of another format in this stream cannot be placed: a skip
+            if other is None or type(other) is type(self.handler):
+                await self._emit(event.encode())
+            else:
+                await self._unknown_event(event)
 
     async def _unknown_event(self, event: Event | Line) -> None:
         """An event of no format textguard reads: a skip (counted once per response); fail open

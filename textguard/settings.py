@@ -96,12 +96,12 @@ class Settings:
 
     # How a check runs.
     check_timeout_ms: float = 100.0
-    """Time budget of one check of a whole answer in the middleware and proxy. A stream's check
-    that runs past it is not cut short: its text stays held (the reader waits) until the check
-    ends, or `stream_check_ceiling_ms` passes."""
-    stream_check_ceiling_ms: float = 5000.0
-    """Longest a stream waits for one check; only past this (or with Redis unreachable) does
-    the fail mode decide what a stream releases."""
+    """What one check of an answer in the middleware and proxy should take. One that runs past
+    it is not cut short: the answer's text stays held (the reader waits) until the check ends,
+    or `check_ceiling_ms` passes; the waits are measured."""
+    check_ceiling_ms: float = 5000.0
+    """Longest an answer waits for one check (a Redis that times out is asked again meanwhile);
+    only past this, or with Redis unreachable, does the fail mode decide."""
     fail_mode: Literal["open", "closed"] = "open"
     """What to do when a check cannot run: pass the text (open) or block it (closed)."""
     redis_timeout_s: float = 0.5

@@ -13,12 +13,11 @@ While a flagged copy is still running at the end, checks come `_IN_COPY_STEPS` t
 apart: what arrives meanwhile is held (nothing is released without a check), the copy is being
 replaced by its notice anyway, and only the text after its end waits a little longer.
 
-A check that runs past its budget (`check_timeout_ms`) is not cut short: the text it covers
-stays held, and the reader waits, until it ends; a Redis that times out (slow, not gone) is
-asked again. Releasing unchecked text because the machine is busy would break the bound
-exactly when a server is loaded. Only a check past `stream_check_ceiling_ms`, or one that
-cannot reach Redis at all, is a skip for the fail mode; after such a skip the stream's later
-checks wait no longer than the budget (an outage should not stall every stream for seconds).
+A check that runs past `check_timeout_ms` is not cut short: the text it covers stays held, and
+the reader waits, until it ends (`Guard.check_held`). Only a check past `check_ceiling_ms`, or
+one that cannot reach Redis at all, is a skip for the fail mode; after such a skip the stream's
+later checks wait no longer than `check_timeout_ms` (an outage should not stall every stream
+for seconds).
 
 A stream is checked against the corpus as it stood when its checking began: what one check
 learned (a band key's postings, a document found live, the key filter found current, the
@@ -28,23 +27,19 @@ Redis nothing at all.
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import numpy as np
-from redis.exceptions import TimeoutError as RedisTimeout
 
 from textguard import telemetry
 from textguard.detect import LookupMemo, Match
-from textguard.guard import SKIPPABLE, Guard, skip_reason
+from textguard.guard import Guard
 from textguard.normalise import GrowingNormal, Normalised, matchable_chars
 from textguard.policy import Verdict, VerdictKind, work_name
 
 _IN_COPY_STEPS = 3
-_RETRY_PAUSE_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +57,7 @@ class GuardedStream:
     def __init__(self, guard: Guard) -> None:
         settings = guard.settings
         self._guard = guard
-        self._budget_ms = settings.check_timeout_ms
-        self._ceiling_ms = max(settings.stream_check_ceiling_ms, settings.check_timeout_ms)
+        self._ceiling_ms = settings.check_ceiling_ms
         self._quote = settings.quote_chars
         self._holdback = settings.stream_holdback_chars
         self._step = settings.stream_check_chars
@@ -83,7 +77,7 @@ class GuardedStream:
         self.finished = False
         self.skipped: str | None = None
         self.elapsed_ms = 0.0  # spent in checks
-        self.waits_ms: list[float] = []  # how long past the budget each slow check made the reader wait
+        self.waits_ms: list[float] = []  # how long past check_timeout_ms each slow check made the reader wait
 
     @property
     def text(self) -> str:
@@ -132,13 +126,15 @@ class GuardedStream:
         first = max(released_chars - self._context, 0)
         window_start = int(normalised.offsets[first]) if first else self._normal.start
         window = Normalised(normalised.text[first:], normalised.offsets[first:] - window_start)
-        verdict = await self._verdict(self.text[window_start:], window)
+        verdict = await self._guard.check_held(self.text[window_start:], ceiling_ms=self._ceiling_ms,
+                                               memo=self._memo, normalised=window)
         self._normal.forget(window_start)
         self.elapsed_ms += verdict.elapsed_ms
-        if verdict.elapsed_ms > self._budget_ms:
-            self.waits_ms.append(verdict.elapsed_ms - self._budget_ms)
-            telemetry.STREAM_WAIT_SECONDS.observe((verdict.elapsed_ms - self._budget_ms) / 1000)
+        budget_ms = self._guard.settings.check_timeout_ms
+        if verdict.elapsed_ms > budget_ms:
+            self.waits_ms.append(verdict.elapsed_ms - budget_ms)
         if verdict.skipped is not None:
+            self._ceiling_ms = budget_ms  # Redis gone, or the ceiling passed: later checks wait no longer
             self.skipped = verdict.skipped
             if verdict.verdict == "block":  # fail closed
                 self.blocked = True
@@ -181,24 +177,6 @@ class GuardedStream:
             self.blocked = True
             return Release("", blocked=True)
         return Release("".join(pieces))
-
-    async def _verdict(self, text: str, window: Normalised) -> Verdict:
-        """The check of the window, waited for up to the ceiling, asking a slow Redis again."""
-        started = time.perf_counter()
-        deadline = started + self._ceiling_ms / 1000
-        while True:
-            try:
-                return await self._guard.attempt(text, budget_ms=max(deadline - time.perf_counter(), 0.0) * 1000,
-                                                 memo=self._memo, normalised=window)
-            except RedisTimeout as exc:
-                if time.perf_counter() + _RETRY_PAUSE_S < deadline:
-                    await asyncio.sleep(_RETRY_PAUSE_S)  # a breath for a starved Redis, not a busy loop
-                    continue
-                failure: BaseException = exc
-            except SKIPPABLE as exc:
-                failure = exc
-            self._ceiling_ms = self._budget_ms
-            return self._guard.skip(text, skip_reason(failure), failure, started)
 
     def fork(self) -> GuardedStream:
         """A twin to try `finish()` on without ending this stream: what would go out if the

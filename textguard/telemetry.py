@@ -24,9 +24,9 @@ SKIPPED = Counter("textguard_checks_skipped", "Checks that could not run, by rea
 CHECK_SECONDS = Histogram("textguard_check_seconds", "Time one check took",
                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0))
 REDIS_ERRORS = Counter("textguard_redis_errors", "Redis errors met by checks and the audit log")
-STREAM_WAIT_SECONDS = Histogram("textguard_stream_wait_seconds", "Time a stream's reader waited for a check "
-                                "beyond check_timeout_ms (the text stayed held)",
-                                buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
+CHECK_WAIT_SECONDS = Histogram("textguard_check_wait_seconds", "Time a reader waited for a check beyond "
+                               "check_timeout_ms (the answer's text stayed held)",
+                               buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
 HELD_CHARS = Histogram("textguard_stream_held_chars", "Characters a guarded stream holds back after each check",
                        buckets=(0, 8, 16, 32, 64, 128, 256, 512, 1024))
 
