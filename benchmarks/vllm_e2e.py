@@ -739,6 +739,37 @@ def textguard_metrics(root: str) -> list[str]:
     return []
 
 
+def check_waits(root: str) -> str:
+    """How many checks ran past check_timeout_ms (their text held, the reader waiting), and the
+    waits' p50 and p99 as the buckets of textguard_check_wait_seconds bound them."""
+    buckets: list[tuple[float, float]] = []
+    checks = 0.0
+    total = 0.0
+    with contextlib.suppress(OSError), urllib.request.urlopen(root + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("textguard_checks_total{"):
+                checks += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("textguard_check_wait_seconds_bucket{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+            elif line.startswith("textguard_check_wait_seconds_sum"):
+                total = float(line.rsplit(" ", 1)[1])
+    waited = buckets[-1][1] if buckets else 0.0
+    if not waited:
+        return f"{checks:.0f} checks, none past check_timeout_ms"
+
+    def quantile(q: float) -> str:
+        lower = 0.0
+        for bound, count in buckets:
+            if count >= q * waited:
+                return f"{lower:g}-{bound:g} s"
+            lower = bound
+        return "?"
+
+    return (f"{checks:.0f} checks, {waited:.0f} ({100 * waited / max(checks, 1):.1f}%) held past check_timeout_ms; "
+            f"the reader's wait beyond it: p50 {quantile(0.5)}, p99 {quantile(0.99)}, mean {total / waited:.3f} s")
+
+
 def counter_text(counter: Counter[str]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(counter.items())) or "-"
 
@@ -854,6 +885,7 @@ def main() -> int:
             print("  " + line)
         metrics = textguard_metrics(root)
         print("\ntextguard counters in vLLM's /metrics: " + ("; ".join(metrics) if metrics else "none exported"))
+        print("checks that waited: " + check_waits(root))
         print("\ntextguard's log in the vLLM server (most frequent first):")
         for line in textguard_log(servers[-1].logfile) or ["(nothing)"]:
             print("  " + line)
