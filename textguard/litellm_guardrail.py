@@ -131,12 +131,9 @@ class LiteLLMGuardrail:
             return await self._whole(texts, "response")
         return await self._post(call_id, texts)
 
-    async def _check(self, text: str) -> Verdict:
-        return await self.guard.check_held(text)
-
     async def _whole(self, texts: Sequence[str], kind: str) -> dict[str, Any]:
         """Texts that are not a stream's: judged whole, now."""
-        verdicts = [await self._check(text) for text in texts]
+        verdicts = [await self.guard.check_held(text) for text in texts]
         for verdict, text in zip(verdicts, texts, strict=True):
             await self.audit.record(verdict, f"{PATH} ({kind})", text)
         return self._whole_answer(verdicts)
@@ -162,7 +159,7 @@ class LiteLLMGuardrail:
                 results = [await answer.post(text) for answer, text in zip(call.answers, texts, strict=True)]
             except _RewritesDropped:
                 del self._calls[call_id]
-                await self._record(call_id, call)
+                await self._record(call)
                 return {"action": "BLOCKED", "blocked_reason": self.guard.policy.block_message(
                     m for answer in call.answers for m in answer.verdict().matches)}
         returned = [text for text, _ in results]
@@ -175,7 +172,7 @@ class LiteLLMGuardrail:
     async def _first_post(self, call_id: str, texts: list[str]) -> dict[str, Any]:
         """Judge the texts whole (a whole answer has no other post) and hold all of them (a
         stream's first post is not its answer)."""
-        verdicts = [await self._check(text) for text in texts]
+        verdicts = [await self.guard.check_held(text) for text in texts]
         response = self._whole_answer(verdicts)
         if response["action"] == "BLOCKED":
             for verdict, text in zip(verdicts, texts, strict=True):
@@ -184,7 +181,7 @@ class LiteLLMGuardrail:
         answers = [_Answer(self.guard, text, verdict) for text, verdict in zip(texts, verdicts, strict=True)]
         self._calls[call_id] = _Call(answers)
         while len(self._calls) > _MAX_CALLS:
-            await self._record(*self._calls.popitem(last=False))
+            await self._record(self._calls.popitem(last=False)[1])
         response["stream_holdback_chars"] = [len(v.text) for v in verdicts]
         return response
 
@@ -195,13 +192,13 @@ class LiteLLMGuardrail:
             if now - call.last_post < _IDLE_S:
                 break
             del self._calls[call_id]
-            await self._record(call_id, call)
+            await self._record(call)
 
-    async def _record(self, call_id: str, call: _Call) -> None:
+    async def _record(self, call: _Call) -> None:
         for answer in call.answers:
             await self.audit.record(answer.verdict(), PATH, answer.text)
 
     async def close(self) -> None:
         """Record what the calls still kept did (the server is stopping)."""
         while self._calls:
-            await self._record(*self._calls.popitem(last=False))
+            await self._record(self._calls.popitem(last=False)[1])
