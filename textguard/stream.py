@@ -15,9 +15,10 @@ replaced by its notice anyway, and only the text after its end waits a little lo
 
 A check that runs past `check_timeout_ms` is not cut short: the text it covers stays held, and
 the reader waits, until it ends (`Guard.check_held`). Only a check past `check_ceiling_ms`, or
-one that cannot reach Redis at all, is a skip for the fail mode; after such a skip the stream's
-later checks wait no longer than `check_timeout_ms` (an outage should not stall every stream
-for seconds).
+one that cannot reach Redis at all, is a skip for the fail mode. After Redis failed a check
+(gone, or timing out to the ceiling), the stream's later checks wait no longer than
+`check_timeout_ms`: an outage should not stall every stream for seconds; a machine merely busy
+past the ceiling keeps it.
 
 A stream is checked against the corpus as it stood when its checking began: what one check
 learned (a band key's postings, a document found live, the key filter found current, the
@@ -133,8 +134,9 @@ class GuardedStream:
         budget_ms = self._guard.settings.check_timeout_ms
         if verdict.elapsed_ms > budget_ms:
             self.waits_ms.append(verdict.elapsed_ms - budget_ms)
+        if verdict.skipped == "redis":  # Redis gone (not a busy machine): later checks wait no longer
+            self._ceiling_ms = budget_ms
         if verdict.skipped is not None:
-            self._ceiling_ms = budget_ms  # Redis gone, or the ceiling passed: later checks wait no longer
             self.skipped = verdict.skipped
             if verdict.verdict == "block":  # fail closed
                 self.blocked = True
