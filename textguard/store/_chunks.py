@@ -16,7 +16,7 @@ from textguard.store._format import CACHED_CHUNKS, CHUNK_CHARS, TEXT_ENCODING, D
 
 
 @dataclass(frozen=True, slots=True)
-class _Chunk:
+class Chunk:
     """One stored text chunk, decoded and normalised, with the metadata of its document's version.
 
     Checks verify against the normal form, so it is kept too: a check's candidates are mostly
@@ -35,20 +35,20 @@ class _Chunk:
         return str(self.meta.get("sha256", ""))
 
     @classmethod
-    def decode(cls, meta: dict[str, Any], blob: bytes) -> _Chunk:
-        text = _unpack_chunk(blob)
+    def decode(cls, meta: dict[str, Any], blob: bytes) -> Chunk:
+        text = unpack_text(blob)
         normal = normalise(text)
         return cls(meta, text, normal.text, normal.offsets.astype(np.uint16))
 
 
-def _assembled(number: int, found: dict[int, _Chunk], meta: dict[str, Any] | None = None) -> list[DocumentRegion]:
+def assembled_regions(number: int, found: dict[int, Chunk], meta: dict[str, Any] | None = None) -> list[DocumentRegion]:
     """Regions of document `number` from its chunks at hand, one per run of consecutive ones;
     `meta` read just now, or the chunks' own."""
     return [DocumentRegion(number, meta or found[run[0]].meta, run[0] * CHUNK_CHARS, *_joined([found[c] for c in run]))
             for run in _consecutive(sorted(found))]
 
 
-def _joined(chunks: Sequence[_Chunk]) -> tuple[str, Normalised]:
+def _joined(chunks: Sequence[Chunk]) -> tuple[str, Normalised]:
     """The text of consecutive chunks, and its normal form."""
     offsets = [chunk.normal_offsets.astype(np.int64) + i * CHUNK_CHARS for i, chunk in enumerate(chunks)]
     return "".join(c.text for c in chunks), Normalised("".join(c.normal_text for c in chunks), np.concatenate(offsets))
@@ -65,7 +65,7 @@ class ChunkCache:
 
     def __init__(self, capacity: int = CACHED_CHUNKS) -> None:
         self.capacity = capacity
-        self._chunks: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
+        self._chunks: OrderedDict[tuple[int, int], Chunk] = OrderedDict()
         self.nonce: bytes | None = None  # of the index the chunks came from; None: not known
 
     def observe_nonce(self, nonce: bytes | None) -> None:
@@ -74,13 +74,13 @@ class ChunkCache:
             self._chunks.clear()
             self.nonce = nonce
 
-    def get(self, number: int, chunk: int) -> _Chunk | None:
+    def get(self, number: int, chunk: int) -> Chunk | None:
         found = self._chunks.get((number, chunk))
         if found is not None:
             self._chunks.move_to_end((number, chunk))
         return found
 
-    def put(self, number: int, chunk: int, value: _Chunk) -> None:
+    def put(self, number: int, chunk: int, value: Chunk) -> None:
         self._chunks[number, chunk] = value
         self._chunks.move_to_end((number, chunk))
         while len(self._chunks) > self.capacity:
@@ -104,7 +104,7 @@ def pack_text(text: str) -> list[bytes]:
             for i in range(0, len(text), CHUNK_CHARS)] or [zlib.compress(b"")]
 
 
-def _unpack_chunk(blob: bytes) -> str:
+def unpack_text(blob: bytes) -> str:
     return zlib.decompress(blob).decode(TEXT_ENCODING)
 
 

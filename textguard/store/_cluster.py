@@ -14,7 +14,7 @@ from redis.exceptions import MovedError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def _command(*parts: bytes) -> bytes:
+def encode_command(*parts: bytes) -> bytes:
     """One command in the Redis protocol (RESP)."""
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
@@ -95,6 +95,6 @@ class NodePipelines:
         self._pools.clear()
 
 
-def _evalsha(pipe: Any, script: Script | AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+def queue_evalsha(pipe: Any, script: Script | AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
     # cluster pipelines refuse `evalsha()` but route EVALSHA by its keys when queued directly
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -103,5 +103,5 @@ class DocumentRegion:
         normal = Normalised(self.normal.text[low:high], self.normal.offsets[low:high] - begin)
         return DocumentRegion(self.number, self.meta, self.start + begin, self.text[begin:stop], normal)
 
-def _decode(value: bytes | str) -> str:
+def as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

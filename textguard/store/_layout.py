@@ -150,7 +150,7 @@ def small_hash_limit(client: SyncClient) -> int:
     return FALLBACK_SMALL_HASH_LIMIT
 
 
-_SHARD_SLOTS = [key_slot(b"s%d" % shard) for shard in range(SHARDS)]  # the slot of hash tag {sN}
+SHARD_SLOTS = [key_slot(b"s%d" % shard) for shard in range(SHARDS)]  # the slot of hash tag {sN}
 
 
 def by_shard(buckets: np.ndarray) -> list[np.ndarray]:

@@ -15,11 +15,11 @@ from redis.crc import key_slot
 
 from textguard._redis import REDIS_ERRORS, AsyncClient
 from textguard.membership import MembershipFilter
-from textguard.store._chunks import ChunkCache, _assembled, _Chunk, chunk_numbers
-from textguard.store._cluster import NodePipelines, _command
+from textguard.store._chunks import Chunk, ChunkCache, assembled_regions, chunk_numbers
+from textguard.store._cluster import NodePipelines, encode_command
 from textguard.store._format import CHUNK_CHARS, FIELD_BYTES, FILTER_REFRESH_SECONDS, SHARDS, DocumentRegion, Postings
-from textguard.store._layout import _SHARD_SLOTS, FilterSlot, Layout, by_shard
-from textguard.store._scripts import _LOOKUP
+from textguard.store._layout import SHARD_SLOTS, FilterSlot, Layout, by_shard
+from textguard.store._scripts import LOOKUP
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class IndexReader:
         self._layout = layout
         self.chunks = chunks if chunks is not None else ChunkCache()
         self.key_filter = key_filter if key_filter is not None else FilterSlot()
-        self._lookup = client.register_script(_LOOKUP)
+        self._lookup = client.register_script(LOOKUP)
         self._nodes = NodePipelines(client) if isinstance(client, acluster.RedisCluster) else None
         self._sha = self._lookup.sha.encode()
         self._checked = False
@@ -92,7 +92,7 @@ class IndexReader:
         calls = []
         for group in groups:
             names = self._layout.names(buckets[group].tolist())
-            calls.append((_SHARD_SLOTS[int(buckets[group[0]]) % SHARDS], _command(
+            calls.append((SHARD_SLOTS[int(buckets[group[0]]) % SHARDS], encode_command(
                 b"EVALSHA", self._sha, b"%d" % len(names), *(n.encode() for n in names),
                 (self._layout.base + ":").encode(), buckets[group].astype(">u4").tobytes(),
                 field_rows[group].tobytes())))
@@ -189,7 +189,7 @@ class IndexReader:
             chars = next(iter(held.values())).meta.get("chars") if held else None
             if chars is None or len(held) < sum(c * CHUNK_CHARS < int(chars) for c in chunks):
                 return None  # a chunk of the document that is not held (those past its end are none)
-            regions += _assembled(number, held)
+            regions += assembled_regions(number, held)
         return regions
 
     async def regions(self, wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion]:
@@ -221,12 +221,12 @@ class IndexReader:
             if any(chunk.digest != digest for chunk in have.values()):
                 stale.append(number)
                 continue
-            fetched = {c: _Chunk.decode(meta, blob) for c, blob in zip(chunks, values[1:], strict=True)
+            fetched = {c: Chunk.decode(meta, blob) for c, blob in zip(chunks, values[1:], strict=True)
                        if blob is not None}
             if digest:  # without a digest one version cannot be told from another: not cached
                 for c, chunk in fetched.items():
                     self.chunks.put(number, c, chunk)
-            regions += _assembled(number, {**have, **fetched}, meta)
+            regions += assembled_regions(number, {**have, **fetched}, meta)
         return regions, stale
 
     async def live_metas(self, numbers: list[int]) -> dict[int, dict[str, Any]]:
@@ -243,7 +243,7 @@ class IndexReader:
                   for number, chunks in zip(numbers, chunk_lists, strict=True)]
         if self._nodes is not None:
             encoded = [[part.encode() for part in read] for read in reads]
-            return await self._nodes.run([(key_slot(read[0]), _command(b"HMGET", *read)) for read in encoded])
+            return await self._nodes.run([(key_slot(read[0]), encode_command(b"HMGET", *read)) for read in encoded])
         pipe = self._client.pipeline(transaction=False)
         for key, *fields in reads:
             pipe.hmget(key, fields)

@@ -9,7 +9,7 @@ from textguard.store._format import SHARDS
 # blob, postings blob, cap, filter bit positions (4 bytes each). Sets the bits; appends each
 # posting to its field unless present or the field already holds `cap` postings. Returns
 # entries added.
-_ADD_POSTINGS = """
+ADD_POSTINGS = """
 local fields, postings, cap, bits = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local entries = #KEYS
 if bits then
@@ -42,7 +42,7 @@ return added
 
 # KEYS: bucket key per entry. ARGV: fields blob, 4-byte document number. Drops that document's
 # postings; removes fields left empty. Returns entries removed.
-_REMOVE_POSTINGS = """
+REMOVE_POSTINGS = """
 local fields, number = ARGV[1], ARGV[2]
 local removed = 0
 for i, key in ipairs(KEYS) do
@@ -66,7 +66,7 @@ return removed
 # here rather than sent (a check looks up hundreds); a cluster needs them named, so that the
 # call is routed to their slot and refused (not answered wrongly) while that slot migrates, and
 # its nonce lives on another node.
-_LOOKUP = """
+LOOKUP = """
 local prefix, buckets, fields = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 for i = 1, #buckets / 4 do
@@ -87,7 +87,7 @@ return out
 # KEYS: docs, live, pending, stats, versions. ARGV: id, number, chars, entries, writer. Makes `number` the
 # live version of `id`; the version it replaces is queued in pending for purging. Returns it or
 # nil; -1 if this writer no longer holds the lease on `number` (another writer is purging it).
-_COMMIT = """
+COMMIT = """
 local docs, live, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, number = ARGV[1], ARGV[2]
 local lease = redis.call('HGET', pending, number)
@@ -118,7 +118,7 @@ return false
 """
 
 # KEYS: docs, live, pending, versions. ARGV: id. Takes `id` out of service at once; returns its number.
-_WITHDRAW = """
+WITHDRAW = """
 local number = redis.call('HGET', KEYS[1], ARGV[1])
 if not number then return false end
 redis.call('HDEL', KEYS[4], ARGV[1])
@@ -130,7 +130,7 @@ return number
 
 # KEYS: pending, versions. ARGV: number, now, new lease, writer. Takes over a pending record whose
 # lease is over, so that exactly one writer purges it (and its first writer can no longer commit).
-_CLAIM = """
+CLAIM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return false end
 local record = cjson.decode(raw)
@@ -147,7 +147,7 @@ return raw
 # KEYS: pending, versions. ARGV: now, lease, writer, then (id, number, digest) per document. Leases
 # `number` to this writer for a new version of `id` (1), unless that version (same digest) is
 # already committed (2) or another writer holds a live lease on it (0: it is left to that one).
-_BEGIN = """
+BEGIN = """
 local pending, versions = KEYS[1], KEYS[2]
 local now, lease, writer = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local out = {}

@@ -16,11 +16,11 @@ from redis.exceptions import NoScriptError
 from textguard._redis import REDIS_ERRORS, SyncClient
 from textguard.errors import StoreUnavailableError
 from textguard.membership import choose_filter_bits
-from textguard.store._chunks import _unpack_chunk, pack_text
-from textguard.store._cluster import _evalsha
-from textguard.store._format import ENTRIES_PER_CHAR, FIELD_BYTES, POSTING_DTYPE, SHARDS, StagedDocument, _decode
+from textguard.store._chunks import pack_text, unpack_text
+from textguard.store._cluster import queue_evalsha
+from textguard.store._format import ENTRIES_PER_CHAR, FIELD_BYTES, POSTING_DTYPE, SHARDS, StagedDocument, as_str
 from textguard.store._layout import Layout, by_shard, choose_bucket_bits, small_hash_limit
-from textguard.store._scripts import _ADD_POSTINGS, _BEGIN, _CLAIM, _COMMIT, _REMOVE_POSTINGS, _WITHDRAW
+from textguard.store._scripts import ADD_POSTINGS, BEGIN, CLAIM, COMMIT, REMOVE_POSTINGS, WITHDRAW
 
 
 class IndexWriter:
@@ -31,12 +31,12 @@ class IndexWriter:
         self._layout = layout
         self.lease_seconds = lease_seconds
         self.token = uuid.uuid4().hex  # names this writer in the leases it holds
-        self._add = client.register_script(_ADD_POSTINGS)
-        self._remove = client.register_script(_REMOVE_POSTINGS)
-        self._commit = client.register_script(_COMMIT)
-        self._withdraw = client.register_script(_WITHDRAW)
-        self._claim = client.register_script(_CLAIM)
-        self._begin = client.register_script(_BEGIN)
+        self._add = client.register_script(ADD_POSTINGS)
+        self._remove = client.register_script(REMOVE_POSTINGS)
+        self._commit = client.register_script(COMMIT)
+        self._withdraw = client.register_script(WITHDRAW)
+        self._claim = client.register_script(CLAIM)
+        self._begin = client.register_script(BEGIN)
 
     def ensure_meta(self, expected_chars: int = 0) -> None:
         """Create the index record, or refuse an index built with other parameters.
@@ -140,7 +140,7 @@ class IndexWriter:
         for attempt in range(2):
             pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
-                _evalsha(pipe, script, keys, args)
+                queue_evalsha(pipe, script, keys, args)
             try:
                 return list(pipe.execute())
             except NoScriptError:
@@ -161,7 +161,7 @@ class IndexWriter:
             return None
         meta = json.loads(values.pop(b"meta"))
         chunks = sorted((int(k[1:]), v) for k, v in values.items())
-        return meta, "".join(_unpack_chunk(v) for _, v in chunks)
+        return meta, "".join(unpack_text(v) for _, v in chunks)
 
     def purge(self, number: int, band_keys: np.ndarray | None, characters: int, committed: bool) -> None:
         """Delete every trace of document `number` (its band keys come from its stored text).
@@ -207,7 +207,7 @@ class IndexWriter:
 
     def documents(self) -> Iterator[tuple[str, int]]:
         for doc_id, number in self._client.hscan_iter(self._layout.docs, count=1000):
-            yield _decode(doc_id), int(number)
+            yield as_str(doc_id), int(number)
 
     def metas(self, numbers: Sequence[int]) -> list[dict[str, Any] | None]:
         pipe = self._client.pipeline(transaction=False)
@@ -217,7 +217,7 @@ class IndexWriter:
 
     def counters(self) -> dict[str, int]:
         raw = self._client.hgetall(self._layout.stats)
-        counters = {_decode(k): int(v) for k, v in raw.items()}
+        counters = {as_str(k): int(v) for k, v in raw.items()}
         counters["documents"] = int(self._client.hlen(self._layout.docs))
         return counters
 
