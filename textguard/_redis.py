@@ -10,8 +10,10 @@ the nodes listed are only where discovery starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +40,19 @@ SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = aredis.Redis | acluster.RedisCluster
 REDIS_ERRORS = (RedisError, RedisClusterException)
 """What a Redis or Redis Cluster client raises (the cluster client's own errors are not RedisErrors)."""
+
+
+@contextlib.contextmanager
+def unavailable_on_error(*also: type[BaseException]) -> Iterator[None]:
+    """What a Redis client raises (and `also`), as the one error callers see of a Redis gone
+    wrong: StoreUnavailableError, a line a person can act on."""
+    caught: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *also)
+    try:
+        yield
+    except caught as exc:
+        raise StoreUnavailableError(f"Redis error: {exc}") from exc
+
+
 _embedded: dict[Path, Any] = {}
 _embedded_lock = threading.Lock()
 

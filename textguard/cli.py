@@ -15,10 +15,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from textguard import probe, report, scan, telemetry
-from textguard._redis import REDIS_ERRORS, connect_sync
+from textguard._redis import connect_sync, unavailable_on_error
 from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, check_files, documents_in
-from textguard.errors import ConfigError, StoreUnavailableError, TextGuardError
+from textguard.errors import ConfigError, TextGuardError
 from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
@@ -232,7 +232,7 @@ def _audit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     client = connect_sync(settings)
     reader = AuditReader(client, settings.index)
-    try:
+    with contextlib.closing(client), unavailable_on_error():
         if args.action == "tail":
             for entry in reader.latest(args.lines):
                 print(json.dumps(entry.to_dict(), ensure_ascii=False), flush=True)
@@ -246,10 +246,7 @@ def _audit(args: argparse.Namespace) -> int:
             count = write_entries(entries, out, args.format)
         print(f"exported {count} audit entries", file=sys.stderr)
         return 0
-    except REDIS_ERRORS as exc:
-        raise StoreUnavailableError(f"Redis error: {exc}") from exc
-    finally:
-        client.close()
+
 
 
 def _time_arg(value: str | None, flag: str) -> float | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from textguard._redis import REDIS_ERRORS, SyncClient, connect_sync
+from textguard._redis import SyncClient, connect_sync, unavailable_on_error
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.normalise import normalise
 from textguard.pipeline import Pipeline
@@ -150,11 +150,9 @@ class Corpus:
 
     def _prepare(self, expected_chars: int = 0) -> None:
         if not self._ready:
-            try:
+            with unavailable_on_error():
                 self._writer.ensure_meta(expected_chars)
                 self.recover()
-            except REDIS_ERRORS as exc:
-                raise StoreUnavailableError(f"Redis error: {exc}") from exc
             self._ready = True
 
     def recover(self) -> int:
@@ -195,7 +193,7 @@ class Corpus:
         batch: list[Document] = []
         batch_chars = 0
         deferred: list[Document] = []
-        try:
+        with unavailable_on_error():
             for doc in documents:
                 batch.append(doc)
                 batch_chars += len(doc.text)
@@ -205,8 +203,6 @@ class Corpus:
             if batch:
                 deferred += self._add_batch(batch, totals, progress)
             self._wait_for_others(deferred, totals)
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailableError(f"Redis error: {exc}") from exc
         return AddReport(**totals)
 
     def _warn_if_undersized(self) -> None:
@@ -298,13 +294,11 @@ class Corpus:
         """Take documents down; returns the ids that were not in the index."""
         self._prepare()
         missing = []
-        try:
+        with unavailable_on_error():
             for doc_id in doc_ids:
                 if self._writer.withdraw(doc_id) is None:
                     missing.append(doc_id)
             self.recover()
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailableError(f"Redis error: {exc}") from exc
         return missing
 
     def list(self) -> Iterator[dict[str, Any]]:
@@ -321,13 +315,11 @@ class Corpus:
         """documents, characters, windows (band entries), redis_bytes, bytes_per_char, pending,
         and how full the band buckets are (entries_per_bucket against small_hash_limit)."""
         self._prepare()
-        try:
+        with unavailable_on_error():
             counters = self._writer.counters()
             redis_bytes = self._writer.memory_bytes()
             fill = self._bucket_fill(counters.get("entries", 0))
             pending = self._writer.pending_count()
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailableError(f"Redis error: {exc}") from exc
         characters = counters.get("characters", 0)
         return {
             "index": self.settings.index,
@@ -418,12 +410,10 @@ def _ingest_worker(settings: Settings, inbox: Any, outbox: Any) -> None:
             corpus._prepare()
             totals = {"added": 0, "replaced": 0, "unchanged": 0, "characters": 0}
             deferred: list[Document] = []
-            try:
+            with unavailable_on_error():
                 while (batch := inbox.get()) is not None:
                     deferred += corpus._add_batch(batch, totals, outbox.put)
                 corpus._wait_for_others(deferred, totals)
-            except REDIS_ERRORS as exc:
-                raise StoreUnavailableError(f"Redis error: {exc}") from exc
         outbox.put(totals)
     except TextGuardError as exc:
         outbox.put(exc)

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from textguard import telemetry
-from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async
+from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async, unavailable_on_error
 from textguard.batch import BatchedReader
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
@@ -228,10 +228,8 @@ class Guard:
         """The stored original text of each (document id, start, end), to show a match beside
         its source; None where the document is no longer indexed. Two round trips in all."""
         _, reader = self._ensure_detector()
-        try:
+        with unavailable_on_error(OSError):
             return await reader.passages(spans)
-        except (*REDIS_ERRORS, OSError) as exc:
-            raise StoreUnavailableError(f"Redis error: {exc}") from exc
 
     def skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode | None = None) -> Verdict:
         """The verdict on a check that could not run: counted, logged, and decided by the fail mode."""

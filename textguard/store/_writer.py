@@ -13,7 +13,7 @@ import numpy as np
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from textguard._redis import REDIS_ERRORS, SyncClient
+from textguard._redis import SyncClient, unavailable_on_error
 from textguard.errors import StoreUnavailableError
 from textguard.membership import choose_filter_bits
 from textguard.store._chunks import pack_text, unpack_text
@@ -44,7 +44,7 @@ class IndexWriter:
         A new index without explicit bucket_bits gets them from `expected_chars` (what is about
         to be added) and the server's small-hash limit.
         """
-        try:
+        with unavailable_on_error():
             stored = self._client.get(self._layout.meta)
             if stored is None:
                 if self._layout.bucket_bits is None:
@@ -54,11 +54,9 @@ class IndexWriter:
                     self._allocate_filter()
                 stored = self._client.get(self._layout.meta)  # another writer may have been first
             self._client.set(self._layout.nonce, uuid.uuid4().hex, nx=True)  # (an index from before nonces gets one)
-            if stored is None:
-                raise StoreUnavailableError(f"the index record {self._layout.meta!r} vanished as it was written")
-            self._layout.adopt(stored)
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailableError(f"Redis error: {exc}") from exc
+        if stored is None:
+            raise StoreUnavailableError(f"the index record {self._layout.meta!r} vanished as it was written")
+        self._layout.adopt(stored)
 
     def _allocate_filter(self) -> None:
         """Create the filter's bit strings at their full size: grown bit by bit, Redis would
