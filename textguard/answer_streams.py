@@ -34,9 +34,6 @@ class Sink(Protocol):
     async def end(self) -> NoReturn:
         """End the response here and stop the app (raises)."""
 
-    def wants_usage(self) -> bool:
-        """Did the client ask for a usage chunk (`stream_options.include_usage`)?"""
-
 
 class AnswerStream:
     """The guarded streams of one response, keyed by what the format calls a text's place."""

@@ -26,7 +26,7 @@ from textguard.store import DocumentRegion, IndexReader, check_deadline
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FailMode = Literal["open", "closed", "raise"]
-SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
+_SKIPPABLE = (TimeoutError, *REDIS_ERRORS, OSError, StoreUnavailableError)  # a check that could not run
 _RETRY_PAUSE_S = 0.02  # between two tries of a check whose Redis timed out
 SKIP_LOG_INTERVAL_S = 10.0  # beyond one warning per reason in this time, skips are logged as a count
 
@@ -121,17 +121,17 @@ class Guard:
         mode = fail_mode or self.settings.fail_mode
         if len(text) > self.settings.max_check_chars:
             limit = f"{len(text)} characters, more than max_check_chars={self.settings.max_check_chars}"
-            return self.skip(text, "too_large", ValueError(limit), started, mode)
+            return self._skip(text, "too_large", ValueError(limit), started, mode)
         try:
             return await self.attempt(text, budget_ms=budget_ms, memo=memo, normalised=normalised)
         except IndexMismatchError:
             raise
-        except SKIPPABLE as exc:
-            return self.skip(text, skip_reason(exc), exc, started, mode)
+        except _SKIPPABLE as exc:
+            return self._skip(text, _reason(exc), exc, started, mode)
 
     async def attempt(self, text: str, *, budget_ms: float | None = None, memo: LookupMemo | None = None,
                       normalised: Normalised | None = None) -> Verdict:
-        """`check` without the fail mode: what stopped the check (one of `SKIPPABLE`) is raised,
+        """`check` without the fail mode: what stopped the check (one of `_SKIPPABLE`) is raised,
         for a caller that would rather try again (a stream whose Redis is slow, not gone)."""
         started = time.perf_counter()
         detector, reader = self._ensure_detector()
@@ -172,12 +172,12 @@ class Guard:
                 if time.perf_counter() + _RETRY_PAUSE_S < deadline:
                     await asyncio.sleep(_RETRY_PAUSE_S)  # a breath for a starved Redis, not a busy loop
                     continue
-                verdict = self.skip(text, skip_reason(exc), exc, started)
+                verdict = self._skip(text, _reason(exc), exc, started, self.settings.fail_mode)
                 break
             except IndexMismatchError:
                 raise
-            except SKIPPABLE as exc:
-                verdict = self.skip(text, skip_reason(exc), exc, started)
+            except _SKIPPABLE as exc:
+                verdict = self._skip(text, _reason(exc), exc, started, self.settings.fail_mode)
                 break
         if verdict.elapsed_ms > budget_ms:
             telemetry.CHECK_WAIT_SECONDS.observe((verdict.elapsed_ms - budget_ms) / 1000)
@@ -208,16 +208,16 @@ class Guard:
             await reader.ensure_compatible()
         except IndexMismatchError:
             raise
-        except SKIPPABLE as exc:
-            return [self.skip(text, skip_reason(exc), exc, started, mode) for text in texts]
+        except _SKIPPABLE as exc:
+            return [self._skip(text, _reason(exc), exc, started, mode) for text in texts]
         if normalised is None:
             normalised = [normalise(text) for text in texts]
         found = await batch.run([detector.find(n) for n in normalised])
         share = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
         verdicts = []
         for text, normal, result in zip(texts, normalised, found, strict=True):
-            if isinstance(result, SKIPPABLE):
-                verdicts.append(self.skip(text, skip_reason(result), result, started, mode))
+            if isinstance(result, _SKIPPABLE):
+                verdicts.append(self._skip(text, _reason(result), result, started, mode))
             elif isinstance(result, BaseException):
                 raise result
             else:
@@ -231,9 +231,7 @@ class Guard:
         with unavailable_on_error(OSError):
             return await reader.passages(spans)
 
-    def skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode | None = None) -> Verdict:
-        """The verdict on a check that could not run: counted, logged, and decided by the fail mode."""
-        mode = mode or self.settings.fail_mode
+    def _skip(self, text: str, reason: str, exc: BaseException, started: float, mode: FailMode) -> Verdict:
         self.note_skip(reason)
         if mode == "raise":
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
@@ -275,5 +273,5 @@ class Guard:
             self._sync_guard = None
 
 
-def skip_reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "redis"

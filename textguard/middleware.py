@@ -97,7 +97,6 @@ class _Responder:
         self.mode = "pass"  # pass, buffer, stream (events), lines (NDJSON) or drop, decided at http.response.start
         self.body = bytearray()
         self.stopped = asyncio.Event()
-        self.request_body = bytearray()
         self.parser: EventParser | LineParser = EventParser()
         self.decode: Callable[[bytes], bytes] = bytes
         self.handler: AnswerStream | None = None  # picked by the stream's first readable event
@@ -126,10 +125,7 @@ class _Responder:
             if not receiving.done():
                 receiving.cancel()
         if receiving in done:
-            message = receiving.result()
-            if message["type"] == "http.request":
-                self.request_body += message.get("body", b"")
-            return message
+            return receiving.result()
         return {"type": "http.disconnect"}
 
     async def _send(self, message: Message) -> None:
@@ -368,14 +364,6 @@ class _Responder:
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         self.stopped.set()
         raise _Stopped
-
-    def wants_usage(self) -> bool:
-        try:
-            request = json.loads(self.request_body or b"{}")
-        except ValueError:
-            return False
-        options = request.get("stream_options") if isinstance(request, dict) else None
-        return isinstance(options, dict) and bool(options.get("include_usage"))
 
     async def _emit(self, data: bytes) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
