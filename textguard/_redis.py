@@ -161,10 +161,12 @@ def connect_async(settings: Settings) -> AsyncClient:
             return acluster.RedisCluster(
                 startup_nodes=[acluster.ClusterNode(h, p) for h, p in nodes], max_connections=64,
                 retry=_async_retry(), **options, **kwargs)
-    # A blocking pool: checks beyond its size wait for a connection (within their budget)
-    # rather than fail at once with "Too many connections", which under a burst of concurrent
-    # streams skipped checks that a moment's wait would have run.
-    options = {"max_connections": 64, "timeout": settings.redis_timeout_s, "retry": _async_retry(), **kwargs}
+    # A blocking pool: checks beyond its size wait for a connection rather than fail at once
+    # with "Too many connections", which under a burst of concurrent streams skipped checks
+    # that a moment's wait would have run. The wait has no timeout of its own: the check's
+    # budget bounds it (a pool timeout of redis_timeout_s failed checks of a 150-check burst on
+    # a busy machine as if Redis were down), and a connection is always given back.
+    options = {"max_connections": 64, "timeout": None, "retry": _async_retry(), **kwargs}
     if settings.redis_url:
         pool = aredis.BlockingConnectionPool.from_url(settings.redis_url, **options)
     else:
