@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from textguard import Corpus, Document, Guard, Settings
 from textguard.normalise import normalise
-from textguard.pipeline import Pipeline
+from textguard.sketching import TextSketcher
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
@@ -284,12 +284,12 @@ class StockResult:
 
 def measure_stock(node: RedisProcess, documents: Sequence[Document], texts: list[str], options: Options) -> StockResult:
     """datasketch's MinHashLSH with its Redis storage on the plain server, fed from the 10 M corpus."""
-    pipeline = Pipeline(Settings.load())
-    stock = StockLSH({"host": "127.0.0.1", "port": node.port}, pipeline.params)
+    sketcher = TextSketcher(Settings.load())
+    stock = StockLSH({"host": "127.0.0.1", "port": node.port}, sketcher.params)
     with node.client() as client:
-        build = stock.build(documents, pipeline.segmenter, options.stock_windows, client)
+        build = stock.build(documents, sketcher.segmenter, options.stock_windows, client)
         _, used = redis_memory(client, b"speedbench_stock*")
-    tokens = {text: pipeline.segmenter.tokens(normalise(text).text)[0] for text in texts}
+    tokens = {text: sketcher.segmenter.tokens(normalise(text).text)[0] for text in texts}
     query = time_calls(lambda text: stock.query(tokens[text], 1), texts, options.stock_queries)
     return StockResult(build.windows, build.chars, build.chars / build.seconds, used / max(build.chars, 1), query)
 

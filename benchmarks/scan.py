@@ -105,7 +105,7 @@ def warm_up(settings: Settings, answers: Sequence[str]) -> None:
     the one before it paid."""
     guard = Guard(settings)
     for answer in answers:
-        guard.pipeline.sketch(normalise(answer))
+        guard.sketcher.sketch(normalise(answer))
     guard.check_sync(answers[0])
     guard.close()
     asyncio.run(single_loop(settings, answers[:100]))

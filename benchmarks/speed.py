@@ -48,9 +48,9 @@ from textguard import Corpus, Document, Guard, Settings
 from textguard._redis import connect_async, embedded_socket
 from textguard.detect import Detector
 from textguard.normalise import Normalised, normalise
-from textguard.pipeline import Pipeline
 from textguard.segment import Segmenter
 from textguard.sketch import SCHEME, Sketcher, SketchParams, shingle_bytes, shingle_hash
+from textguard.sketching import TextSketcher
 from textguard.store import IndexReader
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -357,7 +357,7 @@ def build_cases(answers: Sequence[str], sources: Sequence[Document]) -> list[Cas
 
 
 async def measure_case(case: Case, guard: Guard, stock: StockLSH, options: Options) -> CaseResult:
-    segmenter = guard.pipeline.segmenter
+    segmenter = guard.sketcher.segmenter
     verdicts = Counter[str]([(await guard.check(text)).verdict for text in case.texts])
     checks = await time_async_calls(guard.check, case.texts, options.repeats)
     lcut = time_calls(jieba.lcut, case.texts, options.repeats)
@@ -424,8 +424,8 @@ class Probe:
 class TimedDetector(Detector):
     """A Detector that also times its CPU preparation (segment, sketch, key dedup)."""
 
-    def __init__(self, pipeline: Pipeline, reader: IndexReader, stages: Stages) -> None:
-        super().__init__(pipeline, reader)
+    def __init__(self, sketcher: TextSketcher, reader: IndexReader, stages: Stages) -> None:
+        super().__init__(sketcher, reader)
         self._stages = stages
 
     def prepare(self, normalised: Normalised) -> tuple[np.ndarray, np.ndarray]:
@@ -439,12 +439,12 @@ class TimedDetector(Detector):
 async def breakdown(settings: Settings, texts: Sequence[str], repeats: int) -> dict[str, list[float]]:
     """Per-stage milliseconds of `Detector.find` over `repeats` calls cycling through `texts`."""
     stages = Stages(("normalise", "prepare", "segment", "sketch", "lookup", "fetch"))
-    pipeline = Pipeline(settings)
-    pipeline.segmenter = cast(Segmenter, Probe(pipeline.segmenter, stages, {"tokens": "segment"}))
-    pipeline.sketcher = cast(Sketcher, Probe(pipeline.sketcher, stages, {"band_runs": "sketch"}))
+    sketcher = TextSketcher(settings)
+    sketcher.segmenter = cast(Segmenter, Probe(sketcher.segmenter, stages, {"tokens": "segment"}))
+    sketcher.minhash = cast(Sketcher, Probe(sketcher.minhash, stages, {"band_runs": "sketch"}))
     client = connect_async(settings)
-    reader = Probe(IndexReader(client, pipeline.layout), stages, {"lookup": "lookup", "regions": "fetch"})
-    detector = TimedDetector(pipeline, cast(IndexReader, reader), stages)
+    reader = Probe(IndexReader(client, sketcher.layout), stages, {"lookup": "lookup", "regions": "fetch"})
+    detector = TimedDetector(sketcher, cast(IndexReader, reader), stages)
     try:
         for text in itertools.islice(itertools.cycle(texts), len(texts) * WARMUP_ROUNDS + repeats):
             started = time.perf_counter()
@@ -601,24 +601,24 @@ def run(options: Options, home: Path, client: redis.Redis) -> None:
     # Settings from the environment or textguard.toml apply (to benchmark tuned parameters), but
     # the index always lives in this run's own embedded Redis.
     settings = Settings.load(home=home, index=INDEX).replace(redis_url=None)
-    pipeline = Pipeline(settings)
+    sketcher = TextSketcher(settings)
     jieba.initialize()
-    print_header(settings, pipeline.params, str(client.info("server")["redis_version"]))
+    print_header(settings, sketcher.params, str(client.info("server")["redis_version"]))
 
     documents = load_corpus(options.corpus_fraction)
     print(f"ingesting {len(documents):,} documents into {home}", file=sys.stderr)
     print_ingest(ingest(settings, documents), options.corpus_fraction)
 
-    stock = StockLSH({"unix_socket_path": embedded_socket(home)}, pipeline.params)
+    stock = StockLSH({"unix_socket_path": embedded_socket(home)}, sketcher.params)
     print(f"building the stock index ({options.stock_items:,} windows)", file=sys.stderr)
-    stock_build = stock.build(documents, pipeline.segmenter, options.stock_items, client)
+    stock_build = stock.build(documents, sketcher.segmenter, options.stock_items, client)
     cases = build_cases(load_answers(), stock_build.documents)
     copied_1000 = next(c for c in cases if c.length == 1000 and c.flavour == "copied")
-    stock.check_same_sketch(pipeline.sketcher, pipeline.segmenter.tokens(normalise(copied_1000.texts[0]).text)[0])
+    stock.check_same_sketch(sketcher.minhash, sketcher.segmenter.tokens(normalise(copied_1000.texts[0]).text)[0])
     settle(client)
 
     results, breakdowns, profile = asyncio.run(measure(settings, cases, stock, options))
-    print_latency(results, stock_build, options, pipeline.params)
+    print_latency(results, stock_build, options, sketcher.params)
     print_breakdown(breakdowns, results, options.repeats)
     print(f"\nload average after the timings: {os.getloadavg()[0]:.2f}")
     if profile is not None:

@@ -47,7 +47,7 @@ import redis
 
 from textguard import Corpus, Document, Guard, Settings
 from textguard._redis import connect_sync
-from textguard.middleware import ASGIApp, Message, Receive, Scope, Send, TextGuardMiddleware
+from textguard.serve.middleware import ASGIApp, Message, Receive, Scope, Send, TextGuardMiddleware
 from textguard.stream import GuardedStream
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"

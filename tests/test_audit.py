@@ -18,8 +18,8 @@ from textguard import Settings
 from textguard._redis import connect_sync
 from textguard.audit import AuditReader
 from textguard.cli import main
-from textguard.middleware import TextGuardMiddleware
-from textguard.server import create_app as create_textguard_app
+from textguard.serve.middleware import TextGuardMiddleware
+from textguard.serve.server import create_app as create_textguard_app
 from textguard.telemetry import JsonFormatter, RequestIdFilter
 
 

@@ -8,8 +8,9 @@ import random
 import pytest
 import redis
 
-from textguard import CheckSkipped, Guard, Settings, Verdict, batch
+from textguard import CheckSkipped, Guard, Settings, Verdict
 from textguard.normalise import normalise
+from textguard.store import _batched
 
 
 def mixed_answers(corpus_records: list[dict], negative_records: list[dict], count: int) -> list[str]:
@@ -57,7 +58,7 @@ def test_lookups_cut_into_several_scripts_give_the_same_verdicts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     texts = mixed_answers(corpus_records, negative_records, 30)
     singles, whole = asyncio.run(_singles_and_batch(indexed, texts))
-    monkeypatch.setattr(batch, "SCRIPT_KEYS", 100)
+    monkeypatch.setattr(_batched, "SCRIPT_KEYS", 100)
     before = _calls(raw_redis, "evalsha")
     _, cut = asyncio.run(_singles_and_batch(indexed, texts))
     assert _calls(raw_redis, "evalsha") - before > len(texts) + 3  # 30 single lookups, then several scripts

@@ -19,7 +19,7 @@ from conftest import command_calls, index_keys, to_document
 from textguard import Corpus, Document, Guard, IndexMismatchError, Settings, StoreUnavailableError
 from textguard._redis import connect_async
 from textguard.normalise import normalise
-from textguard.pipeline import Pipeline
+from textguard.sketching import TextSketcher
 from textguard.store import POSTING_DTYPE, IndexReader, StagedDocument, choose_bucket_bits
 
 
@@ -113,13 +113,13 @@ def test_interrupted_write_is_invisible_then_purged(settings: Settings, raw_redi
     record = corpus_records[7]
     corpus = Corpus(settings)
     corpus._prepare()
-    writer, pipeline = corpus._writer, corpus._pipeline
+    writer, sketcher = corpus._writer, corpus._sketcher
     writer.lease_seconds = 0  # this writer "dies" right after writing: its lease is over at once
     doc = to_document(record)
     (number,) = writer.begin([(doc.doc_id, doc.meta()["sha256"])])
     assert isinstance(number, int)
     norm = normalise(record["text"])
-    runs, anchors = pipeline.sketch(norm)
+    runs, anchors = sketcher.sketch(norm)
     writer.write([StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])], 6)
     assert _postings_of(raw_redis, settings, number) > 0
     guard = Guard(settings)
@@ -198,7 +198,7 @@ def test_a_writer_whose_lease_was_taken_over_cannot_commit(settings: Settings, r
     (number,) = slow._writer.begin([(doc.doc_id, doc.meta()["sha256"])])
     assert isinstance(number, int)
     norm = normalise(doc.text)
-    runs, anchors = slow._pipeline.sketch(norm)
+    runs, anchors = slow._sketcher.sketch(norm)
     staged = StagedDocument(doc.doc_id, number, doc.meta(), doc.text, runs.keys, norm.offsets[anchors])
     slow._writer.write([staged], settings.max_postings)
     with Corpus(settings) as other:
@@ -302,21 +302,21 @@ def test_a_guard_holding_a_key_filter_finds_a_work_added_after_it_read_the_filte
 def test_the_key_filter_holds_every_stored_key_and_spares_redis_the_others(
     indexed: Settings, corpus_records: list[dict], negative_records: list[dict]
 ) -> None:
-    pipeline = Pipeline(indexed)
-    stored = np.concatenate([pipeline.sketch(normalise(r["text"]))[0].keys for r in corpus_records])
+    sketcher = TextSketcher(indexed)
+    stored = np.concatenate([sketcher.sketch(normalise(r["text"]))[0].keys for r in corpus_records])
     answers = [r["text"][:1000] for r in negative_records[:20]]
-    unrelated = np.unique(np.concatenate([pipeline.sketch(normalise(t))[0].keys for t in answers]))
+    unrelated = np.unique(np.concatenate([sketcher.sketch(normalise(t))[0].keys for t in answers]))
 
     async def scenario() -> None:
-        reader = IndexReader(connect_async(indexed), pipeline.layout)
+        reader = IndexReader(connect_async(indexed), sketcher.layout)
         guard = Guard(indexed)
         try:
             assert await reader.ensure_compatible()
             await reader.refresh_filter()
             membership = reader.key_filter.current
             assert membership is not None
-            assert membership.may_contain(*pipeline.layout.filter_slots(stored)).all()
-            assert membership.may_contain(*pipeline.layout.filter_slots(unrelated)).mean() < 0.25
+            assert membership.may_contain(*sketcher.layout.filter_slots(stored)).all()
+            assert membership.may_contain(*sketcher.layout.filter_slots(unrelated)).mean() < 0.25
             await guard.start()
             hget_before = command_calls(await guard.redis.info("commandstats"), "hget")
             for answer in answers:

@@ -21,7 +21,7 @@ from test_middleware import AFTER, BEFORE, ask, collect
 from test_stream import longest_shared_run
 
 from textguard import Corpus, Guard, Settings
-from textguard.middleware import TextGuardMiddleware
+from textguard.serve.middleware import TextGuardMiddleware
 
 
 @pytest.fixture(scope="module")

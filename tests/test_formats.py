@@ -18,7 +18,7 @@ from test_proxy import textguard_env
 from test_stream import longest_shared_run
 
 from textguard import Settings
-from textguard.middleware import TextGuardMiddleware
+from textguard.serve.middleware import TextGuardMiddleware
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from servers import serve
 
 from textguard import Settings
-from textguard.middleware import TextGuardMiddleware
 from textguard.normalise import normalise
-from textguard.sse import EventParser
+from textguard.serve._sse import EventParser
+from textguard.serve.middleware import TextGuardMiddleware
 
 _any_text = st.text(st.characters(categories=["L", "M", "N", "P", "S", "Z", "C"]), max_size=120)
 _line_end = st.sampled_from([b"\n", b"\r\n"])

@@ -14,7 +14,7 @@ from test_middleware import AFTER, BEFORE, RawAnswer, chat_chunks
 from test_stream import longest_shared_run
 
 from textguard import Settings
-from textguard.middleware import TextGuardMiddleware
+from textguard.serve.middleware import TextGuardMiddleware
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from test_stream import longest_shared_run
 from textguard import Settings
 from textguard._redis import connect_sync
 from textguard.audit import AuditReader
-from textguard.server import create_app as create_textguard_app
+from textguard.serve.server import create_app as create_textguard_app
 
 API_TOKEN = "litellm-guardrail-token-0123456789"
 

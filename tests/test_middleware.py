@@ -18,7 +18,7 @@ from servers import serve
 from test_stream import longest_shared_run
 
 from textguard import Settings
-from textguard.middleware import TextGuardMiddleware
+from textguard.serve.middleware import TextGuardMiddleware
 
 BEFORE = "我来回答这个问题，先说说背景，再看原文的一段话，最后谈一谈我自己的看法和体会。这段话是这样写的："
 AFTER = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。从这段文字里，我们能看到作者对当时社会的观察，"

@@ -18,7 +18,7 @@ from schemathesis.checks import (
 from servers import serve
 
 from textguard import Settings
-from textguard.server import create_app
+from textguard.serve.server import create_app
 
 TOKEN = "schema-test-admin-token-0123456789"
 

@@ -27,8 +27,8 @@ from textguard import Settings
 from textguard._asgi import Message, Receive, Scope, Send
 from textguard._redis import connect_sync
 from textguard.audit import stream_key
-from textguard.proxy import Forwarder
-from textguard.server import create_app as create_textguard_app
+from textguard.serve.proxy import Forwarder
+from textguard.serve.server import create_app as create_textguard_app
 
 TOKEN = "test-admin-token-0123456789abcdef"
 USER_KEY = "sk-user-key-for-the-upstream"

@@ -11,8 +11,8 @@ from textguard.errors import (
     TextGuardError,
 )
 from textguard.guard import Guard
-from textguard.middleware import TextGuardMiddleware
 from textguard.policy import Verdict
+from textguard.serve.middleware import TextGuardMiddleware
 from textguard.settings import Settings
 
 __version__ = "0.1.0"

@@ -262,7 +262,7 @@ def _time_arg(value: str | None, flag: str) -> float | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from textguard.server import serve  # the serving stack loads only for these commands
+    from textguard.serve.server import serve  # the serving stack loads only for these commands
 
     settings = _settings(args)
     if args.command == "serve" or args.no_upstream:

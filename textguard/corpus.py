@@ -27,8 +27,8 @@ import numpy as np
 from textguard._redis import SyncClient, connect_sync, unavailable_on_error
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.normalise import normalise
-from textguard.pipeline import Pipeline
 from textguard.settings import Settings
+from textguard.sketching import TextSketcher
 from textguard.store import SHARDS, IndexWriter, StagedDocument, small_hash_limit
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,9 @@ class Corpus:
 
     def __init__(self, settings: Settings | None = None, *, client: SyncClient | None = None) -> None:
         self.settings = settings or Settings.load()
-        self._pipeline = Pipeline(self.settings)
+        self._sketcher = TextSketcher(self.settings)
         self._client = client or connect_sync(self.settings)
-        self._writer = IndexWriter(self._client, self._pipeline.layout)
+        self._writer = IndexWriter(self._client, self._sketcher.layout)
         self._ready = False
 
     def close(self) -> None:
@@ -171,7 +171,7 @@ class Corpus:
         return purged
 
     def _staged_keys(self, text: str) -> np.ndarray:
-        return self._pipeline.sketch(normalise(text))[0].keys
+        return self._sketcher.sketch(normalise(text))[0].keys
 
     def add(self, documents: Iterable[Document], progress: Callable[[int], object] | None = None, *,
             workers: int = 1, expected_chars: int = 0) -> AddReport:
@@ -214,14 +214,14 @@ class Corpus:
             logger.warning("band buckets average %.0f entries, near Redis's small-hash limit (%d): memory per "
                            "character will grow; rebuild into a new index with bucket_bits=%d",
                            fill["entries_per_bucket"], fill["small_hash_limit"], fill["bucket_bits"] + 1)
-        filter_bits = self._pipeline.layout.filter_bits
+        filter_bits = self._sketcher.layout.filter_bits
         if filter_bits is not None and entries and SHARDS * 2 ** filter_bits / entries < _FEW_FILTER_BITS:
             logger.warning("the key filter has %.1f bits per band entry: it lets through more and more keys that "
                            "no work holds; rebuild into a new index, adding the corpus from its files at once",
                            SHARDS * 2 ** filter_bits / entries)
 
     def _bucket_fill(self, entries: int) -> dict[str, Any]:
-        bits = self._pipeline.layout.bucket_bits or 0
+        bits = self._sketcher.layout.bucket_bits or 0
         return {"bucket_bits": bits, "entries_per_bucket": round(entries / 2 ** bits, 1),
                 "small_hash_limit": small_hash_limit(self._client)}
 
@@ -272,7 +272,7 @@ class Corpus:
                 busy.append(doc)
             else:
                 normalised = normalise(doc.text)
-                runs, anchors = self._pipeline.sketch(normalised)
+                runs, anchors = self._sketcher.sketch(normalised)
                 staged.append(StagedDocument(doc.doc_id, lease, metas[doc.doc_id], doc.text, runs.keys,
                                              normalised.offsets[anchors]))
         if staged:
@@ -331,7 +331,7 @@ class Corpus:
             "pending": pending,
             "shards": SHARDS,
             **fill,
-            "parameters": self._pipeline.layout.record(),
+            "parameters": self._sketcher.layout.record(),
         }
 
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from textguard._asgi import ASGIApp
 from textguard.corpus import Corpus, Document, document_from_record
-from textguard.server import Server, create_app, run_on_server_loop, stop_on_signals, uvicorn_config
+from textguard.serve.server import Server, create_app, run_on_server_loop, stop_on_signals, uvicorn_config
 from textguard.settings import Settings
 
 DEMO_INDEX = "demo"

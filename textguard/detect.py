@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Indel, MatchingBlock
 
-from textguard.membership import MembershipFilter
 from textguard.normalise import Normalised
-from textguard.pipeline import Pipeline
-from textguard.store import DocumentRegion, IndexReader, Postings
+from textguard.sketching import TextSketcher
+from textguard.store import DocumentRegion, IndexReader, MembershipFilter, Postings
 
 _ANCHOR = 4  # shortest equal block that can start or end a span
 _BRIDGE = 2  # shortest equal block that keeps a span going
@@ -89,13 +88,13 @@ class _Span:
 
 
 class Detector:
-    def __init__(self, pipeline: Pipeline, reader: IndexReader) -> None:
-        self._pipeline = pipeline
+    def __init__(self, sketcher: TextSketcher, reader: IndexReader) -> None:
+        self._sketcher = sketcher
         self._reader = reader
 
     def prepare(self, normalised: Normalised) -> tuple[np.ndarray, np.ndarray]:
         """CPU part before the lookup: unique band keys, and anchors per key."""
-        runs, anchors = self._pipeline.sketch(normalised)
+        runs, anchors = self._sketcher.sketch(normalised)
         keys, inverse = np.unique(runs.keys, return_inverse=True)
         return keys, np.stack([inverse, anchors]) if len(keys) else np.zeros((2, 0), np.int64)
 

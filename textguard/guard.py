@@ -14,14 +14,13 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async, unavailable_on_error
-from textguard.batch import BatchedReader
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.normalise import Normalised, normalise
-from textguard.pipeline import Pipeline
 from textguard.policy import Policy, Verdict
 from textguard.settings import Settings
-from textguard.store import DocumentRegion, IndexReader, check_deadline
+from textguard.sketching import TextSketcher
+from textguard.store import BatchedReader, DocumentRegion, IndexReader, check_deadline
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,7 +61,7 @@ class Guard:
 
     def __init__(self, settings: Settings | None = None, *, client: AsyncClient | None = None) -> None:
         self.settings = settings or Settings.load()
-        self.pipeline = Pipeline(self.settings)
+        self.sketcher = TextSketcher(self.settings)
         self.policy = Policy(self.settings)
         self._client = client
         self._detector: Detector | None = None
@@ -83,8 +82,8 @@ class Guard:
         if self._detector is None or self._reader is None:
             if self._client is None:
                 self._client = connect_async(self.settings)
-            self._reader = IndexReader(self._client, self.pipeline.layout)
-            self._detector = Detector(self.pipeline, self._reader)
+            self._reader = IndexReader(self._client, self.sketcher.layout)
+            self._detector = Detector(self.sketcher, self._reader)
         return self._detector, self._reader
 
     async def ping(self) -> None:
@@ -202,8 +201,8 @@ class Guard:
         _, reader = self._ensure_detector()
         mode = fail_mode or self.settings.fail_mode
         assert self._client is not None
-        batch = BatchedReader(self._client, self.pipeline.layout, reader.chunks, reader.key_filter)
-        detector = Detector(self.pipeline, batch)
+        batch = BatchedReader(self._client, self.sketcher.layout, reader.chunks, reader.key_filter)
+        detector = Detector(self.sketcher, batch)
         try:
             await reader.ensure_compatible()
         except IndexMismatchError:

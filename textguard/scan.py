@@ -26,10 +26,10 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
+from textguard.copying import LITERAL_ROUGE_L, MIN_RUN, compare, compare_normalised, coverage
 from textguard.detect import Match
 from textguard.errors import TextGuardError
 from textguard.guard import Guard
-from textguard.metrics import LITERAL_ROUGE_L, MIN_RUN, compare, compare_normalised, coverage
 from textguard.normalise import Normalised, normalise
 from textguard.policy import Verdict
 from textguard.settings import Settings

@@ -7,10 +7,10 @@ Keys, all under `textguard:v1:<index>` (the format version is part of the name):
     {…}:live          hash  internal number -> document id (what lookups may return)
     {…}:pending       hash  internal number -> JSON (writes in flight, or to be purged)
     {…}:versions      hash  document id -> JSON (its newest version: number, digest, writer, committed)
-    {…}:stats, :seq   counters (stats' `generation` counts commits: see membership.py)
+    {…}:stats, :seq   counters (stats' `generation` counts commits: see _membership.py)
     {…}:nonce         random, set when the index is created: a rebuilt index reuses numbers
     …:{sN}:b<B>       hash  band key (5 bytes) -> postings (8 bytes each: number, offset)
-    …:{sN}:f          bits  the shard's part of the filter of band keys held (membership.py)
+    …:{sN}:f          bits  the shard's part of the filter of band keys held (_membership.py)
     …:d:<number>      hash  "meta" -> JSON, "t<i>" -> zlib(GB18030) of 4,096-character chunks
 
 The control keys share one hash tag, so that commit and removal are single atomic scripts even
@@ -30,6 +30,7 @@ is leased): besides the work, the second copy's postings would take places under
 that the first one's purge then frees, losing entries of other documents.
 """
 
+from textguard.store._batched import BatchedReader
 from textguard.store._chunks import ChunkCache, chunk_numbers, cut_regions, pack_text
 from textguard.store._format import (
     CHUNK_CHARS,
@@ -42,11 +43,13 @@ from textguard.store._format import (
     ragged,
 )
 from textguard.store._layout import FilterSlot, Layout, by_shard, choose_bucket_bits, small_hash_limit
+from textguard.store._membership import MembershipFilter
 from textguard.store._reader import IndexReader, check_deadline
 from textguard.store._writer import IndexWriter
 
 __all__ = [
-    "CHUNK_CHARS", "FORMAT_VERSION", "POSTING_DTYPE", "SHARDS", "ChunkCache", "DocumentRegion", "FilterSlot",
-    "IndexReader", "IndexWriter", "Layout", "Postings", "StagedDocument", "by_shard", "check_deadline",
-    "choose_bucket_bits", "chunk_numbers", "cut_regions", "pack_text", "ragged", "small_hash_limit",
+    "CHUNK_CHARS", "FORMAT_VERSION", "POSTING_DTYPE", "SHARDS", "BatchedReader", "ChunkCache",
+    "DocumentRegion", "FilterSlot", "IndexReader", "IndexWriter", "Layout", "MembershipFilter",
+    "Postings", "StagedDocument", "by_shard", "check_deadline", "choose_bucket_bits", "chunk_numbers",
+    "cut_regions", "pack_text", "ragged", "small_hash_limit",
 ]

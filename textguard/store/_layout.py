@@ -14,7 +14,6 @@ from redis.crc import key_slot
 
 from textguard._redis import REDIS_ERRORS, SyncClient
 from textguard.errors import IndexMismatchError
-from textguard.membership import MembershipFilter, filter_positions
 from textguard.sketch import SketchParams
 from textguard.store._format import (
     ENTRIES_PER_CHAR,
@@ -26,6 +25,7 @@ from textguard.store._format import (
     SHARDS,
     TARGET_FILL,
 )
+from textguard.store._membership import MembershipFilter, filter_positions
 
 logger = logging.getLogger(__name__)
 

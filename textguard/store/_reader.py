@@ -14,11 +14,11 @@ import redis.asyncio.cluster as acluster
 from redis.crc import key_slot
 
 from textguard._redis import REDIS_ERRORS, AsyncClient
-from textguard.membership import MembershipFilter
 from textguard.store._chunks import Chunk, ChunkCache, assembled_regions, chunk_numbers
 from textguard.store._cluster import NodePipelines, encode_command
 from textguard.store._format import CHUNK_CHARS, FIELD_BYTES, FILTER_REFRESH_SECONDS, SHARDS, DocumentRegion, Postings
 from textguard.store._layout import SHARD_SLOTS, FilterSlot, Layout, by_shard
+from textguard.store._membership import MembershipFilter
 from textguard.store._scripts import LOOKUP
 
 logger = logging.getLogger(__name__)

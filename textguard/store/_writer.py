@@ -15,11 +15,11 @@ from redis.exceptions import NoScriptError
 
 from textguard._redis import SyncClient, unavailable_on_error
 from textguard.errors import StoreUnavailableError
-from textguard.membership import choose_filter_bits
 from textguard.store._chunks import pack_text, unpack_text
 from textguard.store._cluster import queue_evalsha
 from textguard.store._format import ENTRIES_PER_CHAR, FIELD_BYTES, POSTING_DTYPE, SHARDS, StagedDocument, as_str
 from textguard.store._layout import Layout, by_shard, choose_bucket_bits, small_hash_limit
+from textguard.store._membership import choose_filter_bits
 from textguard.store._scripts import ADD_POSTINGS, BEGIN, CLAIM, COMMIT, REMOVE_POSTINGS, WITHDRAW
 
 

@@ -24,11 +24,11 @@ from starlette.routing import Route
 
 from textguard import telemetry
 from textguard._asgi import ASGIApp
-from textguard._http import BodyLimit, RequestTooLarge
-from textguard.api import CheckAPI, error
 from textguard.guard import Guard
-from textguard.middleware import TextGuardMiddleware
-from textguard.proxy import Forwarder
+from textguard.serve._http import BodyLimit, RequestTooLarge
+from textguard.serve.api import CheckAPI, error
+from textguard.serve.middleware import TextGuardMiddleware
+from textguard.serve.proxy import Forwarder
 from textguard.settings import Settings
 
 logger = logging.getLogger(__name__)

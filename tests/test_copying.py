@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textguard.metrics import Comparison, accumulated_runs, compare, coverage, longest_common_run
+from textguard.copying import Comparison, accumulated_runs, compare, coverage, longest_common_run
 from textguard.normalise import normalise
 
 

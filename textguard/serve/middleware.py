@@ -23,14 +23,14 @@ from typing import Any, NoReturn
 
 from textguard import telemetry
 from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
-from textguard._http import send_error
-from textguard.answer_fields import answer_fields
-from textguard.answer_streams import AnswerStream, pick
 from textguard.audit import AuditLog
 from textguard.guard import Guard
 from textguard.policy import Verdict
+from textguard.serve._answer_fields import answer_fields
+from textguard.serve._answer_streams import AnswerStream, pick
+from textguard.serve._http import send_error
+from textguard.serve._sse import Event, EventParser, Line, LineParser, encode_data
 from textguard.settings import Settings
-from textguard.sse import Event, EventParser, Line, LineParser, encode_data
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from textguard.sketch import BandRuns, Sketcher, SketchParams
 from textguard.store import Layout
 
 
-class Pipeline:
+class TextSketcher:
     def __init__(self, settings: Settings) -> None:
         warm_up()
         self.segmenter = get_segmenter(settings.user_dict)
         self.params = SketchParams.choose(settings.threshold, settings.num_perm, settings.window_shingles,
                                           settings.shingle_tokens, settings.seed)
-        self.sketcher = Sketcher(self.params)
+        self.minhash = Sketcher(self.params)
         self.layout = Layout(settings.index, self.params, settings.bucket_bits,
                              extra={"normaliser": NORMALISER_VERSION, "segmenter": "jieba-no-hmm",
                                     "user_dict": self.segmenter.user_dict_digest})
@@ -28,5 +28,5 @@ class Pipeline:
     def sketch(self, text: Normalised) -> tuple[BandRuns, np.ndarray]:
         """Band runs of `text`, and each run's anchor as a normalised character position."""
         tokens, starts = self.segmenter.tokens(text.text)
-        runs = self.sketcher.band_runs(tokens)
+        runs = self.minhash.band_runs(tokens)
         return runs, starts[runs.anchors]

@@ -21,7 +21,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx2
 
 from textguard._asgi import Message, Receive, Scope, Send
-from textguard._http import error_body, send_error
+from textguard.serve._http import error_body, send_error
 from textguard.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
   `textguard check --json` (spans, sources, the text after the action).
 - `POST /beta/litellm_basic_guardrail_api` is LiteLLM's Generic Guardrail API, so a LiteLLM
   proxy can use textguard as a post-call guardrail with configuration alone (streams too: see
-  `litellm_guardrail`).
+  `litellm`).
 - With `api_token` set, both demand it (as a bearer token or LiteLLM's `x-api-key`): a
   reachable check API would otherwise tell anyone what the corpus holds.
 - `/v1/textguard/corpus/...` (add, remove, stats) exist only when an admin token is set, and
@@ -25,15 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from textguard._http import error_body
 from textguard._redis import REDIS_ERRORS
 from textguard.audit import AuditLog
 from textguard.corpus import Corpus, document_from_record
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
-from textguard.litellm_guardrail import PATH as LITELLM_PATH
-from textguard.litellm_guardrail import LiteLLMGuardrail
 from textguard.policy import Verdict
+from textguard.serve._http import error_body
+from textguard.serve.litellm import PATH as LITELLM_PATH
+from textguard.serve.litellm import LiteLLMGuardrail
 
 CHECK_PATH = "/v1/textguard/check"
 CORPUS_PATH = "/v1/textguard/corpus"
@@ -127,7 +127,7 @@ class CheckAPI:
         return JSONResponse({"status": "ok"})
 
     async def openapi(self, request: Request) -> Response:
-        from textguard._openapi import document  # built on demand: only tools read it
+        from textguard.serve._openapi import document  # built on demand: only tools read it
 
         return JSONResponse(document(admin=bool(self.settings.admin_token), api_token=bool(self.settings.api_token)))
 

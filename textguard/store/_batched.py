@@ -18,8 +18,11 @@ from typing import TypeVar
 import numpy as np
 
 from textguard._redis import AsyncClient
-from textguard.membership import MembershipFilter
-from textguard.store import ChunkCache, DocumentRegion, FilterSlot, IndexReader, Layout, Postings, cut_regions, ragged
+from textguard.store._chunks import ChunkCache, cut_regions
+from textguard.store._format import DocumentRegion, Postings, ragged
+from textguard.store._layout import FilterSlot, Layout
+from textguard.store._membership import MembershipFilter
+from textguard.store._reader import IndexReader
 
 T = TypeVar("T")
 Wanted = dict[int, list[tuple[int, int]]]
