@@ -236,10 +236,8 @@ class Guard:
             raise CheckSkipped(reason, str(exc) or type(exc).__name__) from exc
         self._skip_log.warn(reason, mode, str(exc) or type(exc).__name__)
         elapsed = (time.perf_counter() - started) * 1000
-        if mode == "closed":
-            message = self.policy.block_message(())
-            return Verdict("block", message, len(text), (), elapsed, skipped=reason)
-        return Verdict("allow", text, len(text), (), elapsed, skipped=reason)
+        block_message = self.policy.block_message(()) if mode == "closed" else None
+        return Verdict.unchecked(text, reason, elapsed, block_message=block_message)
 
     def check_sync(self, text: str, **kwargs: Any) -> Verdict:
         """Blocking `check`, for scripts and notebooks."""

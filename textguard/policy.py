@@ -17,10 +17,24 @@ from textguard.detect import Match
 from textguard.settings import Settings
 
 VerdictKind = Literal["allow", "rewrite", "block"]
+_SEVERITY: dict[VerdictKind, int] = {"allow": 0, "rewrite": 1, "block": 2}
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What a check decided, and the text the client gets.
+
+    An answer that copies 200 characters of 《故乡》 among 300 of its own is rewritten:
+
+    >>> verdict = guard.check_sync(answer)
+    >>> verdict.verdict, verdict.skipped
+    ('rewrite', None)
+    >>> verdict.text      # the copy replaced by settings.notice
+    '……〔此处省略受著作权保护的内容，出自《故乡》〕……'
+    >>> [(m.title, m.start, m.end) for m in verdict.matches]   # offsets into `answer`
+    [('故乡', 120, 320)]
+    """
+
     verdict: VerdictKind
     text: str  # the text after the action
     checked_chars: int
@@ -38,6 +52,19 @@ class Verdict:
         if self.skipped is not None:
             result["skipped"] = self.skipped
         return result
+
+    @classmethod
+    def unchecked(cls, text: str, reason: str, elapsed_ms: float = 0.0, *, block_message: str | None = None) -> Verdict:
+        """A check that could not run (`reason`): the text passes as it is (fail open), or
+        `block_message` takes its place (fail closed)."""
+        if block_message is not None:
+            return cls("block", block_message, len(text), (), elapsed_ms, skipped=reason)
+        return cls("allow", text, len(text), (), elapsed_ms, skipped=reason)
+
+
+def worst(verdicts: Iterable[Verdict]) -> VerdictKind:
+    """The kind that speaks for all the checked texts of one answer ("allow" for none)."""
+    return max((v.verdict for v in verdicts), key=_SEVERITY.__getitem__, default="allow")
 
 
 def work_name(match: Match) -> str:

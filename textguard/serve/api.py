@@ -31,7 +31,7 @@ from textguard.corpus import Corpus, document_from_record
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
 from textguard.policy import Verdict
-from textguard.serve._http import error_body
+from textguard.serve._http import SKIPPED_HEADER, VERDICT_HEADER, error_body
 from textguard.serve.litellm import PATH as LITELLM_PATH
 from textguard.serve.litellm import LiteLLMGuardrail
 
@@ -108,9 +108,9 @@ class CheckAPI:
         if not isinstance(text, str):
             raise _BadRequest("'text' must be a string")
         verdict = await self._check(text)
-        headers: dict[str, str] = {"x-textguard-verdict": verdict.verdict}
+        headers: dict[str, str] = {VERDICT_HEADER: verdict.verdict}
         if verdict.skipped:
-            headers["x-textguard-skipped"] = verdict.skipped
+            headers[SKIPPED_HEADER] = verdict.skipped
         return JSONResponse(verdict.to_dict(), headers=headers)
 
     async def litellm_guardrail(self, request: Request) -> Response:

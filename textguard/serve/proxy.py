@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx2
+from starlette.datastructures import Headers
 
 from textguard._asgi import Message, Receive, Scope, Send
 from textguard.serve._http import error_body, send_error
@@ -130,8 +131,9 @@ class _Exchange:
         query = scope.get("query_string", b"")
         url = self.forwarder.upstream + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP and not self._is_admin(k, v)]
-        has_body = scope["method"] not in ("GET", "HEAD", "OPTIONS", "DELETE") or any(
-            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        given = Headers(scope=scope)
+        has_body = scope["method"] not in ("GET", "HEAD", "OPTIONS", "DELETE") or (
+            "content-length" in given or "transfer-encoding" in given)
         if not has_body:
             self.body_sent.set()
         return self.forwarder.client.build_request(scope["method"], url, headers=headers,

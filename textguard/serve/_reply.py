@@ -1,0 +1,57 @@
+"""One guarded response as the handlers of its answer see it: where to send, what checks, and
+how the guard ends it early."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol
+
+from textguard._asgi import Send
+from textguard.audit import AuditLog
+from textguard.guard import Guard
+from textguard.policy import Verdict
+from textguard.settings import Settings
+
+
+class Stopped(OSError):
+    """Raised into the app when the guard has ended the response (a blocked stream). An
+    OSError, as a vanished client is to an ASGI app: apps and servers already unwind on it."""
+
+
+class Answer(Protocol):
+    """The handler of one kind of answer body, picked at `http.response.start`."""
+
+    async def start(self) -> None:
+        """Send the response's start (with the headers this kind of answer needs)."""
+
+    async def feed(self, chunk: bytes, more: bool) -> None:
+        """Handle one `http.response.body` message."""
+
+    async def close(self) -> None:
+        """The response is over (ended, stopped or failed): record what was decided."""
+
+
+@dataclass(eq=False)
+class Reply:
+    send: Send
+    guard: Guard
+    audit: AuditLog
+    path: str
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def settings(self) -> Settings:
+        return self.guard.settings
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def end(self) -> NoReturn:
+        """End the response here and stop the app (raises Stopped)."""
+        await self.body(b"", more=False)
+        self.stopped.set()
+        raise Stopped
+
+    async def record(self, verdict: Verdict, text: str) -> None:
+        await self.audit.record(verdict, self.path, text)
