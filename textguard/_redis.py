@@ -57,6 +57,11 @@ _embedded: dict[Path, Any] = {}
 _embedded_lock = threading.Lock()
 
 
+def as_str(value: bytes | str) -> str:
+    """A reply's text, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def embedded_socket(home: Path) -> str:
     """Start (or join) the embedded Redis persisted under `home`; return its unix socket.
 

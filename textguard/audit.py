@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from textguard import telemetry
-from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient
+from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient, as_str
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
@@ -122,18 +122,14 @@ class AuditReader:
                 yield _entry(entry_id, fields)
             if len(entries) < batch:
                 return
-            low = "(" + _decode(entries[-1][0])
+            low = "(" + as_str(entries[-1][0])
 
     def length(self) -> int:
         return int(self._client.xlen(self._key))
 
 
-def _decode(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> AuditEntry:
-    decoded = {_decode(k): _decode(v) for k, v in fields.items()}
+    decoded = {as_str(k): as_str(v) for k, v in fields.items()}
     parsed: dict[str, Any] = dict(decoded)
     for key in ("doc_ids", "spans"):
         if key in parsed:
@@ -142,7 +138,7 @@ def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> AuditEntry:
         parsed["checked_chars"] = int(parsed["checked_chars"])
     if "elapsed_ms" in parsed:
         parsed["elapsed_ms"] = float(parsed["elapsed_ms"])
-    return AuditEntry(_decode(entry_id), parsed)
+    return AuditEntry(as_str(entry_id), parsed)
 
 
 _CSV_COLUMNS = ("id", "time", "request_id", "route", "verdict", "skipped", "checked_chars", "doc_ids", "spans",

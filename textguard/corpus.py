@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from textguard._iterate import batched
 from textguard._redis import SyncClient, connect_sync, unavailable_on_error
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.normalise import normalise
 from textguard.settings import Settings
 from textguard.sketching import TextSketcher
-from textguard.store import SHARDS, IndexWriter, StagedDocument, small_hash_limit
+from textguard.store import SHARDS, DocumentMeta, IndexWriter, StagedDocument, small_hash_limit
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class Document:
     work: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"id": self.doc_id, "title": self.title, "author": self.author,
+    def meta(self) -> DocumentMeta:
+        meta: DocumentMeta = {"id": self.doc_id, "title": self.title, "author": self.author,
                                 "work": self.work, "chars": len(self.text)}
         if self.extra:
             meta["extra"] = self.extra
@@ -301,15 +302,14 @@ class Corpus:
             self.recover()
         return missing
 
-    def list(self) -> Iterator[dict[str, Any]]:
+    def list(self) -> Iterator[DocumentMeta]:
         """Metadata of every document (id, title, author, work, chars, extra fields)."""
         self._prepare()
-        entries = sorted(self._writer.documents())
-        for start in range(0, len(entries), 500):
-            chunk = entries[start:start + 500]
+        for chunk in batched(sorted(self._writer.documents()), 500):
             for meta in self._writer.metas([n for _, n in chunk]):
                 if meta is not None:
-                    yield {k: v for k, v in meta.items() if k != "sha256"}
+                    meta.pop("sha256", None)
+                    yield meta
 
     def stats(self) -> dict[str, Any]:
         """documents, characters, windows (band entries), redis_bytes, bytes_per_char, pending,

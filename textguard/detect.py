@@ -24,7 +24,12 @@ from rapidfuzz.distance import Indel, MatchingBlock
 
 from textguard.normalise import Normalised
 from textguard.sketching import TextSketcher
-from textguard.store import DocumentRegion, IndexReader, MembershipFilter, Postings
+from textguard.store import DocumentMeta, DocumentRegion, MembershipFilter, Postings, Ranges, Reader
+
+Hits = dict[int, list[tuple[int, int]]]
+"""Per document number: (anchor in the checked text, offset in the document) of each LSH hit."""
+KeyPostings = dict[int, list[tuple[int, int]]]
+"""Per band key: (document number, offset) of each of its postings."""
 
 _ANCHOR = 4  # shortest equal block that can start or end a span
 _BRIDGE = 2  # shortest equal block that keeps a span going
@@ -88,7 +93,7 @@ class _Span:
 
 
 class Detector:
-    def __init__(self, sketcher: TextSketcher, reader: IndexReader) -> None:
+    def __init__(self, sketcher: TextSketcher, reader: Reader) -> None:
         self._sketcher = sketcher
         self._reader = reader
 
@@ -146,7 +151,7 @@ class Detector:
                     memo.copying.discard(number)
         return _resolve(normalised, spans_by_doc, metas)
 
-    async def _live_metas(self, numbers: list[int], memo: LookupMemo | None) -> dict[int, dict[str, Any]]:
+    async def _live_metas(self, numbers: list[int], memo: LookupMemo | None) -> dict[int, DocumentMeta]:
         """`IndexReader.live_metas`, asking only about documents this text did not find live before."""
         if memo is None:
             return await self._reader.live_metas(numbers)
@@ -163,7 +168,7 @@ class Detector:
         known = memo.postings
         unknown = [i for i, key in enumerate(key_list) if key not in known]
         if unknown:
-            found: dict[int, list[tuple[int, int]]] = {key_list[i]: [] for i in unknown}
+            found: KeyPostings = {key_list[i]: [] for i in unknown}
             postings = await self._reader.lookup(keys[unknown], trusted=memo.key_filter)
             memo.key_filter = self._reader.key_filter_held
             for run, number, offset in zip(postings.runs.tolist(), postings.numbers.tolist(),
@@ -178,7 +183,7 @@ class Detector:
 
 
 def _verified(query: _Query, regions: Iterable[DocumentRegion], hit_rows: dict[int, np.ndarray],
-              close: dict[int, list[tuple[int, int]]], copying: set[int]) -> dict[int, list[_Span]]:
+              close: Ranges, copying: set[int]) -> dict[int, list[_Span]]:
     """Spans per candidate document found in its `regions`. Most candidates are chance: each
     region is first verified only close to the hits (`close`, original offset ranges), and
     whole (a mosaic's other sentences) only where that holds a copy, or where the text's last
@@ -192,13 +197,13 @@ def _verified(query: _Query, regions: Iterable[DocumentRegion], hit_rows: dict[i
     return spans_by_doc
 
 
-def _hits(key_anchors: np.ndarray, postings: Postings) -> dict[int, list[tuple[int, int]]]:
+def _hits(key_anchors: np.ndarray, postings: Postings) -> Hits:
     """Per document: (anchor in the checked text, offset in the document) of every hit, each
     posting of a key paired with every place the key's run is anchored in the checked text."""
     anchors_by_key: dict[int, list[int]] = defaultdict(list)
     for key_index, anchor in key_anchors.T.tolist():
         anchors_by_key[key_index].append(anchor)
-    hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    hits: Hits = defaultdict(list)
     for key_index, number, offset in zip(postings.runs.tolist(), postings.numbers.tolist(),
                                          postings.offsets.tolist(), strict=True):
         anchors = anchors_by_key[key_index]
@@ -213,10 +218,10 @@ def _hits(key_anchors: np.ndarray, postings: Postings) -> dict[int, list[tuple[i
 class LookupMemo:
     """What earlier checks of one growing text (a stream) learned, so later ones skip it."""
 
-    postings: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # band key -> postings
+    postings: KeyPostings = field(default_factory=dict)
     quiet: dict[int, set[int]] = field(default_factory=dict)  # document -> hit offsets verified in vain
     key_filter: MembershipFilter | None = None  # the filter snapshot the text's last lookup found current
-    live: dict[int, dict[str, Any]] = field(default_factory=dict)  # document -> its record, found live
+    live: dict[int, DocumentMeta] = field(default_factory=dict)  # document -> its record, found live
     copying: set[int] = field(default_factory=set)  # documents the last check that verified them found copied
 
 
@@ -478,7 +483,7 @@ def _chain(matching: Iterable[MatchingBlock]) -> list[list[Block]]:
 
 
 def _resolve(normalised: Normalised, spans_by_doc: dict[int, list[_Span]],
-             metas: dict[int, dict[str, Any]]) -> list[Match]:
+             metas: dict[int, DocumentMeta]) -> list[Match]:
     """Merge overlapping spans of one document; where documents overlap, keep the best."""
     merged: list[tuple[int, _Span]] = []
     for number, spans in spans_by_doc.items():

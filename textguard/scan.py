@@ -26,6 +26,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
+from textguard._iterate import batched
 from textguard.copying import LITERAL_ROUGE_L, MIN_RUN, compare, compare_normalised, coverage
 from textguard.detect import Match
 from textguard.errors import TextGuardError
@@ -342,12 +343,6 @@ def _scan_in_worker(batches: list[list[Item]]) -> list[list[Record]]:
         raise ScanError(str(exc)) from None
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    remaining = iter(items)
-    while batch := list(islice(remaining, size)):
-        yield batch
-
-
 def _in_process(settings: Settings, options: ScanOptions, batches: Iterator[list[Item]]) -> Iterator[list[Record]]:
     scanner = BatchScanner(settings, options.min_run)
     try:
@@ -427,7 +422,7 @@ def _run(settings: Settings, options: ScanOptions, stdin: IO[bytes] | None,
     except OSError as exc:
         raise ScanError(f"{options.out}: cannot write ({exc.strerror})") from exc
     with out:
-        for records in execute(settings, options, _batches(fresh(), options.batch)):
+        for records in execute(settings, options, batched(fresh(), options.batch)):
             out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             out.flush()
             counts.scanned += len(records)

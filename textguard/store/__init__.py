@@ -37,19 +37,21 @@ from textguard.store._format import (
     FORMAT_VERSION,
     POSTING_DTYPE,
     SHARDS,
+    DocumentMeta,
     DocumentRegion,
     Postings,
+    Ranges,
     StagedDocument,
     ragged,
 )
 from textguard.store._layout import FilterSlot, Layout, by_shard, choose_bucket_bits, small_hash_limit
 from textguard.store._membership import MembershipFilter
-from textguard.store._reader import IndexReader, check_deadline
+from textguard.store._reader import IndexReader, Reader, check_deadline
 from textguard.store._writer import IndexWriter
 
 __all__ = [
     "CHUNK_CHARS", "FORMAT_VERSION", "POSTING_DTYPE", "SHARDS", "BatchedReader", "ChunkCache",
-    "DocumentRegion", "FilterSlot", "IndexReader", "IndexWriter", "Layout", "MembershipFilter",
-    "Postings", "StagedDocument", "by_shard", "check_deadline", "choose_bucket_bits", "chunk_numbers",
-    "cut_regions", "pack_text", "ragged", "small_hash_limit",
+    "DocumentMeta", "DocumentRegion", "FilterSlot", "IndexReader", "IndexWriter", "Layout",
+    "MembershipFilter", "Postings", "Ranges", "Reader", "StagedDocument", "by_shard", "check_deadline",
+    "choose_bucket_bits", "chunk_numbers", "cut_regions", "pack_text", "ragged", "small_hash_limit",
 ]

@@ -19,13 +19,12 @@ import numpy as np
 
 from textguard._redis import AsyncClient
 from textguard.store._chunks import ChunkCache, cut_regions
-from textguard.store._format import DocumentRegion, Postings, ragged
+from textguard.store._format import DocumentRegion, Postings, Ranges, ragged
 from textguard.store._layout import FilterSlot, Layout
 from textguard.store._membership import MembershipFilter
 from textguard.store._reader import IndexReader
 
 T = TypeVar("T")
-Wanted = dict[int, list[tuple[int, int]]]
 
 SCRIPT_KEYS = 8192
 """Band keys per lookup script: a batch's lookups go out as several scripts at once (still one
@@ -40,7 +39,7 @@ class BatchedReader(IndexReader):
         super().__init__(client, layout, chunks, key_filter)
         self._running = 0
         self._lookups: list[tuple[np.ndarray, asyncio.Future[Postings]]] = []
-        self._fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]] = []
+        self._fetches: list[tuple[Ranges, asyncio.Future[list[DocumentRegion]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, checks: Sequence[Awaitable[T]]) -> list[T | BaseException]:
@@ -66,12 +65,12 @@ class BatchedReader(IndexReader):
         self._send_when_all_wait()
         return await future
 
-    def cached_regions(self, wanted: Wanted) -> list[DocumentRegion] | None:
+    def cached_regions(self, wanted: Ranges) -> list[DocumentRegion] | None:
         """None: a batch's fetches share one round trip anyway, and confirming what held text
         shows would take another (`live_metas` is not batched)."""
         return None
 
-    async def regions(self, wanted: Wanted) -> list[DocumentRegion]:
+    async def regions(self, wanted: Ranges) -> list[DocumentRegion]:
         future: asyncio.Future[list[DocumentRegion]] = asyncio.get_running_loop().create_future()
         self._fetches.append((wanted, future))
         self._send_when_all_wait()
@@ -87,7 +86,7 @@ class BatchedReader(IndexReader):
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, lookups: list[tuple[np.ndarray, asyncio.Future[Postings]]],
-                    fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]]) -> None:
+                    fetches: list[tuple[Ranges, asyncio.Future[list[DocumentRegion]]]]) -> None:
         # Failures reach the waiting checks through their futures; nothing is left to raise here.
         await asyncio.gather(self._send_lookups(lookups), self._send_fetches(fetches), return_exceptions=True)
 
@@ -112,10 +111,10 @@ class BatchedReader(IndexReader):
             _settle(future, Postings(np.repeat(np.arange(len(band_keys)), counts[positions]),
                                      merged.numbers[own], merged.offsets[own]))
 
-    async def _send_fetches(self, fetches: list[tuple[Wanted, asyncio.Future[list[DocumentRegion]]]]) -> None:
+    async def _send_fetches(self, fetches: list[tuple[Ranges, asyncio.Future[list[DocumentRegion]]]]) -> None:
         if not fetches:
             return
-        union: Wanted = {}
+        union: Ranges = {}
         for wanted, _ in fetches:
             for number, ranges in wanted.items():
                 union.setdefault(number, []).extend(ranges)

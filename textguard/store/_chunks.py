@@ -7,12 +7,11 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from textguard.normalise import Normalised, normalise
-from textguard.store._format import CACHED_CHUNKS, CHUNK_CHARS, TEXT_ENCODING, DocumentRegion
+from textguard.store._format import CACHED_CHUNKS, CHUNK_CHARS, TEXT_ENCODING, DocumentMeta, DocumentRegion, Ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +24,7 @@ class Chunk:
     where an OpenCC phrase rule would straddle a chunk's edge.)
     """
 
-    meta: dict[str, Any]  # shared by the chunks of one version
+    meta: DocumentMeta  # shared by the chunks of one version
     text: str
     normal_text: str
     normal_offsets: np.ndarray  # uint16 into `text`
@@ -35,13 +34,13 @@ class Chunk:
         return str(self.meta.get("sha256", ""))
 
     @classmethod
-    def decode(cls, meta: dict[str, Any], blob: bytes) -> Chunk:
+    def decode(cls, meta: DocumentMeta, blob: bytes) -> Chunk:
         text = unpack_text(blob)
         normal = normalise(text)
         return cls(meta, text, normal.text, normal.offsets.astype(np.uint16))
 
 
-def assembled_regions(number: int, found: dict[int, Chunk], meta: dict[str, Any] | None = None) -> list[DocumentRegion]:
+def assembled_regions(number: int, found: dict[int, Chunk], meta: DocumentMeta | None = None) -> list[DocumentRegion]:
     """Regions of document `number` from its chunks at hand, one per run of consecutive ones;
     `meta` read just now, or the chunks' own."""
     return [DocumentRegion(number, meta or found[run[0]].meta, run[0] * CHUNK_CHARS, *_joined([found[c] for c in run]))
@@ -115,7 +114,7 @@ def chunk_numbers(ranges: Iterable[tuple[int, int]]) -> list[int]:
                    for c in range(max(start, 0) // CHUNK_CHARS, max(end - 1, 0) // CHUNK_CHARS + 1)})
 
 
-def cut_regions(fetched: Sequence[DocumentRegion], wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion]:
+def cut_regions(fetched: Sequence[DocumentRegion], wanted: Ranges) -> list[DocumentRegion]:
     """The regions `IndexReader.regions(wanted)` returns, cut out of regions fetched for a
     superset of `wanted` (so that many readers' fetches can share one round trip)."""
     by_number: dict[int, list[DocumentRegion]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 
@@ -15,8 +15,8 @@ FORMAT_VERSION = 1
 CHUNK_CHARS = 4096
 CACHED_CHUNKS = 1024
 """Decoded text chunks a reader keeps (24 KB or so each, with their normal form). A few
-documents are the chance candidates of many clean answers, since they share common phrases:
-over 1,000 real chat answers, 97% of the chunks checks fetched had been fetched before."""
+documents are the chance candidates of many clean answers, since they share common phrases,
+so most chunks a check needs were fetched before (`benchmarks.speed` counts the fetches)."""
 FIELD_BYTES = 5
 POSTING_DTYPE = np.dtype([("n", ">u4"), ("o", ">u4")])  # internal document number, original character offset
 SHARDS = 64
@@ -26,6 +26,21 @@ ENTRIES_PER_CHAR = 0.3  # band entries per corpus character, a little above the 
 TARGET_FILL = 64  # band entries per bucket a new index is sized for
 FALLBACK_SMALL_HASH_LIMIT = 128  # assumed when the server will not say (CONFIG disabled)
 FILTER_REFRESH_SECONDS = 1.0
+
+Ranges = dict[int, list[tuple[int, int]]]
+"""Per document number: (start, end) ranges of its original text."""
+
+
+class DocumentMeta(TypedDict, total=False):
+    """A stored document's record: what `corpus list` prints and a match names."""
+
+    id: Required[str]
+    title: str
+    author: str
+    work: str
+    chars: int
+    extra: dict[str, Any]  # the input record's other fields
+    sha256: str  # of the record and text: an unchanged document is not written again
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +93,7 @@ class StagedDocument:
 
     doc_id: str
     number: int
-    meta: dict[str, Any]
+    meta: DocumentMeta
     text: str
     band_keys: np.ndarray
     offsets: np.ndarray  # original character offset of each run's anchor
@@ -90,7 +105,7 @@ class DocumentRegion:
     `text`) and the document's metadata."""
 
     number: int
-    meta: dict[str, Any]
+    meta: DocumentMeta
     start: int  # original offset of text[0] in the document
     text: str
     normal: Normalised
@@ -102,6 +117,3 @@ class DocumentRegion:
         low, high = np.searchsorted(self.normal.offsets, (begin, stop)).tolist()
         normal = Normalised(self.normal.text[low:high], self.normal.offsets[low:high] - begin)
         return DocumentRegion(self.number, self.meta, self.start + begin, self.text[begin:stop], normal)
-
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

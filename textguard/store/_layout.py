@@ -71,6 +71,11 @@ class Layout:
         return {"format": FORMAT_VERSION, "bucket_bits": self.bucket_bits, **filter_bits,
                 **self.params.as_record(), **self._extra}
 
+    def key_patterns(self) -> tuple[str, str]:
+        """SCAN patterns that together match every key of the index: the data keys start with
+        its base, the control keys carry it in their hash tag."""
+        return self.base + "*", "[{]" + self.base + "}*"
+
     def document(self, number: int) -> str:
         return f"{self.base}:d:{number}"
 

@@ -7,7 +7,7 @@ import contextvars
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis.asyncio.cluster as acluster
@@ -16,7 +16,16 @@ from redis.crc import key_slot
 from textguard._redis import REDIS_ERRORS, AsyncClient
 from textguard.store._chunks import Chunk, ChunkCache, assembled_regions, chunk_numbers
 from textguard.store._cluster import NodePipelines, encode_command
-from textguard.store._format import CHUNK_CHARS, FIELD_BYTES, FILTER_REFRESH_SECONDS, SHARDS, DocumentRegion, Postings
+from textguard.store._format import (
+    CHUNK_CHARS,
+    FIELD_BYTES,
+    FILTER_REFRESH_SECONDS,
+    SHARDS,
+    DocumentMeta,
+    DocumentRegion,
+    Postings,
+    Ranges,
+)
 from textguard.store._layout import SHARD_SLOTS, FilterSlot, Layout, by_shard
 from textguard.store._membership import MembershipFilter
 from textguard.store._scripts import LOOKUP
@@ -37,6 +46,26 @@ def _ensure_time_left() -> None:
     if deadline is not None and asyncio.get_running_loop().time() >= deadline:
         raise TimeoutError("the check's time budget ran out before its next Redis round trip")
 
+
+class Reader(Protocol):
+    """What a check reads from the index: `IndexReader` serves one check at a time,
+    `BatchedReader` the checks of a batch at once (each getting what its own read would)."""
+
+    @property
+    def key_filter_held(self) -> MembershipFilter | None:
+        """The key-filter snapshot the last lookup trusted."""
+
+    async def lookup(self, band_keys: np.ndarray, *, trusted: MembershipFilter | None = None) -> Postings:
+        """The postings of `band_keys`."""
+
+    def cached_regions(self, wanted: Ranges) -> list[DocumentRegion] | None:
+        """`wanted` from the text already held, or None if some of it is not."""
+
+    async def regions(self, wanted: Ranges) -> list[DocumentRegion]:
+        """`wanted`, fetched where it is not held."""
+
+    async def live_metas(self, numbers: list[int]) -> dict[int, DocumentMeta]:
+        """The records of those of `numbers` that are still live."""
 
 
 class IndexReader:
@@ -173,7 +202,7 @@ class IndexReader:
         if self._nodes is not None:
             await self._nodes.aclose()
 
-    def cached_regions(self, wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion] | None:
+    def cached_regions(self, wanted: Ranges) -> list[DocumentRegion] | None:
         """`regions(wanted)` from the chunks this reader holds, without a round trip; None unless
         it holds them all (and knows they are of the index its last lookup saw).
 
@@ -192,7 +221,7 @@ class IndexReader:
             regions += assembled_regions(number, held)
         return regions
 
-    async def regions(self, wanted: dict[int, list[tuple[int, int]]]) -> list[DocumentRegion]:
+    async def regions(self, wanted: Ranges) -> list[DocumentRegion]:
         """Text around the wanted original offsets of live documents: one round trip, which
         reads only the chunks this reader does not hold already."""
         numbers = sorted(wanted)
@@ -229,7 +258,7 @@ class IndexReader:
             regions += assembled_regions(number, {**have, **fetched}, meta)
         return regions, stale
 
-    async def live_metas(self, numbers: list[int]) -> dict[int, dict[str, Any]]:
+    async def live_metas(self, numbers: list[int]) -> dict[int, DocumentMeta]:
         """The metadata of those of `numbers` that are live now: one round trip."""
         live, *documents = await self._read_documents(numbers, [[] for _ in numbers])
         return {number: json.loads(values[0]) for number, is_live, values in zip(numbers, live, documents, strict=True)
@@ -257,7 +286,7 @@ class IndexReader:
         ids = sorted({doc_id for doc_id, _, _ in spans})
         numbers = {doc_id: int(n) for doc_id, n in zip(ids, await self._client.hmget(self._layout.docs, ids),
                                                            strict=True) if n is not None}
-        wanted: dict[int, list[tuple[int, int]]] = {}
+        wanted: Ranges = {}
         for doc_id, start, end in spans:
             if doc_id in numbers:
                 wanted.setdefault(numbers[doc_id], []).append((start, end))

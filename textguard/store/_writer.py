@@ -6,18 +6,19 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from textguard._redis import SyncClient, unavailable_on_error
+from textguard._iterate import batched
+from textguard._redis import SyncClient, as_str, unavailable_on_error
 from textguard.errors import StoreUnavailableError
 from textguard.store._chunks import pack_text, unpack_text
 from textguard.store._cluster import queue_evalsha
-from textguard.store._format import ENTRIES_PER_CHAR, FIELD_BYTES, POSTING_DTYPE, SHARDS, StagedDocument, as_str
+from textguard.store._format import ENTRIES_PER_CHAR, FIELD_BYTES, POSTING_DTYPE, SHARDS, DocumentMeta, StagedDocument
 from textguard.store._layout import Layout, by_shard, choose_bucket_bits, small_hash_limit
 from textguard.store._membership import choose_filter_bits
 from textguard.store._scripts import ADD_POSTINGS, BEGIN, CLAIM, COMMIT, REMOVE_POSTINGS, WITHDRAW
@@ -153,7 +154,7 @@ class IndexWriter:
         number = self._withdraw(keys=[layout.docs, layout.live, layout.pending, layout.versions], args=[doc_id])
         return int(number) if number else None
 
-    def stored_text(self, number: int) -> tuple[dict[str, Any], str] | None:
+    def stored_text(self, number: int) -> tuple[DocumentMeta, str] | None:
         values: dict[bytes, bytes] = self._client.hgetall(self._layout.document(number))  # type: ignore[assignment]
         if not values:
             return None
@@ -207,7 +208,7 @@ class IndexWriter:
         for doc_id, number in self._client.hscan_iter(self._layout.docs, count=1000):
             yield as_str(doc_id), int(number)
 
-    def metas(self, numbers: Sequence[int]) -> list[dict[str, Any] | None]:
+    def metas(self, numbers: Sequence[int]) -> list[DocumentMeta | None]:
         pipe = self._client.pipeline(transaction=False)
         for number in numbers:
             pipe.hget(self._layout.document(number), "meta")
@@ -219,15 +220,15 @@ class IndexWriter:
         counters["documents"] = int(self._client.hlen(self._layout.docs))
         return counters
 
+    def keys(self) -> Iterator[bytes]:
+        """Every key of the index (by SCAN, which never holds Redis for long)."""
+        for pattern in self._layout.key_patterns():
+            yield from self._client.scan_iter(match=pattern, count=2000)
+
     def memory_bytes(self) -> int:
         """Bytes Redis spends on this index (MEMORY USAGE summed over its keys)."""
         total = 0
-        for batch in _batches(self._client.scan_iter(match=self._layout.base + "*", count=2000), 500):
-            pipe = self._client.pipeline(transaction=False)
-            for key in batch:
-                pipe.memory_usage(key, samples=0)
-            total += sum(v or 0 for v in pipe.execute())
-        for batch in _batches(self._client.scan_iter(match="[{]" + self._layout.base + "}*", count=2000), 500):
+        for batch in batched(self.keys(), 500):
             pipe = self._client.pipeline(transaction=False)
             for key in batch:
                 pipe.memory_usage(key, samples=0)
@@ -244,13 +245,3 @@ def _take(blob: bytes, indices: list[int], width: int) -> bytes:
     view = np.frombuffer(blob, dtype=np.uint8).reshape(-1, width)
     return view[indices].tobytes()
 
-
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
