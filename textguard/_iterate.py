@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TypeVar
 
+__all__ = ["batched"]
+
 T = TypeVar("T")
 
 

@@ -31,6 +31,19 @@ from redis.retry import Retry
 from textguard.errors import ConfigError, StoreUnavailableError
 from textguard.settings import Settings
 
+__all__ = [
+    "REDIS_ERRORS",
+    "AsyncClient",
+    "SyncClient",
+    "as_str",
+    "connect_async",
+    "connect_sync",
+    "embedded_socket",
+    "is_cluster_url",
+    "parse_cluster_url",
+    "unavailable_on_error",
+]
+
 logger = logging.getLogger(__name__)
 
 _SCHEMES = ("redis://", "rediss://", "unix://")

@@ -23,6 +23,8 @@ from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient, as_str
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
+__all__ = ["AuditEntry", "AuditLog", "AuditReader", "stream_key", "write_entries"]
+
 logger = logging.getLogger(__name__)
 
 

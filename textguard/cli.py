@@ -23,6 +23,8 @@ from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
+__all__ = ["EXIT_ERROR", "EXIT_USAGE", "main"]
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 _MALFORMED_SHOWN = 20  # malformed input lines named on stderr; the summary counts them all

@@ -19,6 +19,17 @@ from rapidfuzz.distance import LCSseq
 
 from textguard.normalise import Normalised, normalise
 
+__all__ = [
+    "LITERAL_ROUGE_L",
+    "MIN_RUN",
+    "Comparison",
+    "accumulated_runs",
+    "compare",
+    "compare_normalised",
+    "coverage",
+    "longest_common_run",
+]
+
 MIN_RUN = 13
 """Shortest run counted by `acs`: the run length at which Chinese plagiarism checkers flag text."""
 LITERAL_ROUGE_L = 0.8

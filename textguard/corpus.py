@@ -32,6 +32,11 @@ from textguard.settings import Settings
 from textguard.sketching import TextSketcher
 from textguard.store import SHARDS, DocumentMeta, IndexWriter, StagedDocument, small_hash_limit
 
+__all__ = [
+    "AddReport", "Corpus", "Document", "check_files", "document_from_record", "documents_in",
+    "read_documents",
+]
+
 logger = logging.getLogger(__name__)
 
 _META_FIELDS = ("title", "author", "work")

@@ -27,6 +27,8 @@ from textguard.corpus import Corpus, Document, document_from_record
 from textguard.serve.server import Server, create_app, run_on_server_loop, stop_on_signals, uvicorn_config
 from textguard.settings import Settings
 
+__all__ = ["create_model_app", "run_demo", "sample_documents"]
+
 DEMO_INDEX = "demo"
 MODEL_NAME = "demo-model"
 CHUNK_CHARS = 2  # about one token of Chinese

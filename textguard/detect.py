@@ -26,6 +26,8 @@ from textguard.normalise import Normalised
 from textguard.sketching import TextSketcher
 from textguard.store import DocumentMeta, DocumentRegion, MembershipFilter, Postings, Ranges, Reader
 
+__all__ = ["Detector", "Hits", "KeyPostings", "LookupMemo", "Match"]
+
 Hits = dict[int, list[tuple[int, int]]]
 """Per document number: (anchor in the checked text, offset in the document) of each LSH hit."""
 KeyPostings = dict[int, list[tuple[int, int]]]

@@ -1,5 +1,10 @@
 """Exceptions a caller may want to tell apart. Every message is one line a person can act on."""
 
+__all__ = [
+    "CheckSkipped", "ConfigError", "CorpusInputError", "IndexMismatchError", "StoreUnavailableError",
+    "TextGuardError",
+]
+
 
 class TextGuardError(Exception):
     """Base class of textguard's own errors."""

@@ -22,6 +22,8 @@ from textguard.settings import Settings
 from textguard.sketching import TextSketcher
 from textguard.store import BatchedReader, DocumentRegion, IndexReader, check_deadline
 
+__all__ = ["FailMode", "Guard"]
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FailMode = Literal["open", "closed", "raise"]

@@ -19,6 +19,16 @@ from functools import lru_cache
 import numpy as np
 import opencc
 
+__all__ = [
+    "LOOKALIKES",
+    "NORMALISER_VERSION",
+    "GrowingNormal",
+    "Normalised",
+    "matchable_chars",
+    "normalise",
+    "warm_up",
+]
+
 _to_simplified = opencc.OpenCC("t2s")
 
 # Bump when normalisation changes: an index built with another version would not match.

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from textguard.detect import Match
 from textguard.settings import Settings
 
+__all__ = ["Policy", "Verdict", "VerdictKind", "work_name", "worst"]
+
 VerdictKind = Literal["allow", "rewrite", "block"]
 _SEVERITY: dict[VerdictKind, int] = {"allow": 0, "rewrite": 1, "block": 2}
 

@@ -21,6 +21,8 @@ from textguard.guard import Guard
 from textguard.settings import Settings
 from textguard.store import DocumentRegion
 
+__all__ = ["Probe", "ProbeError", "make_probes"]
+
 PROMPT = "请接着下面这段文字往下写，直接续写原文，不要解释：\n\n{prefix}"
 _SNAP_CHARS = 200  # how far a sampled start moves forward to the next sentence start
 _SENTENCE_END = re.compile(r"[。！？!?…\n]+[”’」』）)\s]*")

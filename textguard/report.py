@@ -19,6 +19,8 @@ from typing import Any
 
 from textguard.errors import TextGuardError
 
+__all__ = ["ReportError", "render", "write_report"]
+
 _VERDICT_NAMES = {"allow": "放行", "rewrite": "改写", "block": "拦截"}
 _CHART_WIDTH, _CHART_HEIGHT, _BAR_GAP = 720, 240, 8
 

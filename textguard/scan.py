@@ -36,6 +36,11 @@ from textguard.policy import Verdict
 from textguard.settings import Settings
 from textguard.store import DocumentRegion
 
+__all__ = [
+    "Malformed", "ScanError", "ScanOptions", "count_lines", "ensure_ready", "format_summary",
+    "read_items", "read_results", "run_scan", "summarise",
+]
+
 logger = logging.getLogger(__name__)
 
 CONTEXT_CHARS = 60

@@ -18,6 +18,8 @@ import rjieba
 
 from textguard.errors import ConfigError
 
+__all__ = ["Segmenter", "get_segmenter"]
+
 logger = logging.getLogger(__name__)
 
 

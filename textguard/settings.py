@@ -21,6 +21,8 @@ import platformdirs
 
 from textguard.errors import ConfigError
 
+__all__ = ["DEFAULT_CONFIG_FILE", "ENV_PREFIX", "Settings"]
+
 ENV_PREFIX = "TEXTGUARD_"
 DEFAULT_CONFIG_FILE = "textguard.toml"
 

@@ -21,6 +21,8 @@ import xxhash
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
+__all__ = ["SCHEME", "TOKEN_HASH", "BandRuns", "SketchParams", "Sketcher", "shingle_bytes", "shingle_hash"]
+
 SCHEME = "affine32"
 TOKEN_HASH = "xxh32"
 _SEPARATOR = "\x1f"  # joins the tokens of a shingle when it is spelled out as bytes

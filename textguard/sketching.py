@@ -13,6 +13,8 @@ from textguard.settings import Settings
 from textguard.sketch import BandRuns, Sketcher, SketchParams
 from textguard.store import Layout
 
+__all__ = ["TextSketcher"]
+
 
 class TextSketcher:
     def __init__(self, settings: Settings) -> None:

@@ -40,6 +40,8 @@ from textguard.guard import Guard
 from textguard.normalise import GrowingNormal, Normalised, matchable_chars
 from textguard.policy import Verdict, VerdictKind, work_name
 
+__all__ = ["GuardedStream", "Release"]
+
 _IN_COPY_STEPS = 3
 
 

@@ -18,6 +18,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from textguard._asgi import ASGIApp
 
+__all__ = [
+    "CHECKS",
+    "CHECK_SECONDS",
+    "CHECK_WAIT_SECONDS",
+    "HELD_CHARS",
+    "REDIS_ERRORS",
+    "SKIPPED",
+    "JsonFormatter",
+    "RequestIdFilter",
+    "configure_logging",
+    "exposition",
+    "keep_logs_visible",
+    "metrics_app",
+    "request_id",
+]
+
 CHECKS = Counter("textguard_checks", "Checks made, by verdict", ["verdict"])
 SKIPPED = Counter("textguard_checks_skipped", "Checks that could not run, by reason "
                   "(redis, timeout, encoding, malformed, too_large); the fail mode decided", ["reason"])

@@ -19,6 +19,10 @@ from typing import Any, NoReturn, Protocol
 from textguard.guard import Guard
 from textguard.stream import GuardedStream, Release
 
+__all__ = [
+    "ANTHROPIC_EVENTS", "AnswerStream", "ChatStream", "MessagesStream", "ResponsesStream", "Sink", "pick",
+]
+
 ANTHROPIC_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",
                               "message_delta", "message_stop", "ping", "error"})  # an error first: passed as it is
 

@@ -17,6 +17,22 @@ from starlette.datastructures import Headers, MutableHeaders
 
 from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "SKIPPED_HEADER",
+    "VERDICT_HEADER",
+    "BodyLimit",
+    "RequestTooLarge",
+    "compact_json",
+    "decoder",
+    "error_body",
+    "is_json",
+    "request_id",
+    "response_headers",
+    "send_error",
+    "with_headers",
+]
+
 VERDICT_HEADER = "x-textguard-verdict"
 SKIPPED_HEADER = "x-textguard-skipped"
 REQUEST_ID_HEADER = "x-request-id"

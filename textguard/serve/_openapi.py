@@ -7,6 +7,8 @@ from typing import Any
 
 from textguard import __version__
 
+__all__ = ["document"]
+
 _JSON = "application/json"
 
 

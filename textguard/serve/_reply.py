@@ -13,6 +13,8 @@ from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
+__all__ = ["Answer", "Reply", "Stopped"]
+
 
 class Stopped(OSError):
     """Raised into the app when the guard has ended the response (a blocked stream). An

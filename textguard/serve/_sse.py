@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["Event", "EventParser", "Line", "LineParser", "encode_data"]
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

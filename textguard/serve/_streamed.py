@@ -20,6 +20,8 @@ from textguard.serve._http import SKIPPED_HEADER, compact_json, decoder, respons
 from textguard.serve._reply import Reply
 from textguard.serve._sse import Event, EventParser, Line, LineParser, encode_data
 
+__all__ = ["StreamedAnswer"]
+
 logger = logging.getLogger(__name__)
 
 

@@ -30,6 +30,8 @@ from textguard.serve._http import (
 )
 from textguard.serve._reply import Reply
 
+__all__ = ["BYTES_PER_CHAR", "WholeAnswer"]
+
 logger = logging.getLogger(__name__)
 
 BYTES_PER_CHAR = 8  # a held answer beyond max_check_chars * this cannot fit the check

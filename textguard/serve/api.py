@@ -35,6 +35,8 @@ from textguard.serve._http import SKIPPED_HEADER, VERDICT_HEADER, error_body
 from textguard.serve.litellm import PATH as LITELLM_PATH
 from textguard.serve.litellm import LiteLLMGuardrail
 
+__all__ = ["CheckAPI", "error"]
+
 CHECK_PATH = "/v1/textguard/check"
 CORPUS_PATH = "/v1/textguard/corpus"
 

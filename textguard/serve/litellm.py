@@ -38,6 +38,8 @@ from textguard.guard import Guard
 from textguard.policy import Verdict
 from textguard.stream import GuardedStream
 
+__all__ = ["PATH", "LiteLLMGuardrail"]
+
 PATH = "/beta/litellm_basic_guardrail_api"
 _MAX_CALLS = 10_000
 _IDLE_S = 120.0

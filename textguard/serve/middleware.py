@@ -25,6 +25,8 @@ from textguard.serve._streamed import StreamedAnswer
 from textguard.serve._whole import WholeAnswer
 from textguard.settings import Settings
 
+__all__ = ["TextGuardMiddleware"]
+
 logger = logging.getLogger(__name__)
 
 _TEXT_TYPES = ("text/plain", "text/markdown")

@@ -25,6 +25,8 @@ from textguard._asgi import Message, Receive, Scope, Send
 from textguard.serve._http import error_body, send_error
 from textguard.settings import Settings
 
+__all__ = ["Forwarder"]
+
 logger = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never relayed; `host`

@@ -31,6 +31,8 @@ from textguard.serve.middleware import TextGuardMiddleware
 from textguard.serve.proxy import Forwarder
 from textguard.settings import Settings
 
+__all__ = ["Server", "create_app", "run_on_server_loop", "serve", "stop_on_signals", "uvicorn_config"]
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 

@@ -24,6 +24,8 @@ from textguard.store._layout import FilterSlot, Layout
 from textguard.store._membership import MembershipFilter
 from textguard.store._reader import IndexReader
 
+__all__ = ["SCRIPT_KEYS", "BatchedReader"]
+
 T = TypeVar("T")
 
 SCRIPT_KEYS = 8192

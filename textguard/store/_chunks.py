@@ -13,6 +13,11 @@ import numpy as np
 from textguard.normalise import Normalised, normalise
 from textguard.store._format import CACHED_CHUNKS, CHUNK_CHARS, TEXT_ENCODING, DocumentMeta, DocumentRegion, Ranges
 
+__all__ = [
+    "Chunk", "ChunkCache", "assembled_regions", "chunk_numbers", "cut_regions", "pack_text",
+    "unpack_text",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:

@@ -13,6 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+__all__ = ["NodePipelines", "encode_command", "queue_evalsha"]
+
 
 def encode_command(*parts: bytes) -> bytes:
     """One command in the Redis protocol (RESP)."""

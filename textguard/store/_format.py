@@ -11,6 +11,26 @@ import numpy as np
 
 from textguard.normalise import Normalised
 
+__all__ = [
+    "CACHED_CHUNKS",
+    "CHUNK_CHARS",
+    "ENTRIES_PER_CHAR",
+    "FALLBACK_SMALL_HASH_LIMIT",
+    "FIELD_BYTES",
+    "FILTER_REFRESH_SECONDS",
+    "FORMAT_VERSION",
+    "POSTING_DTYPE",
+    "SHARDS",
+    "TARGET_FILL",
+    "TEXT_ENCODING",
+    "DocumentMeta",
+    "DocumentRegion",
+    "Postings",
+    "Ranges",
+    "StagedDocument",
+    "ragged",
+]
+
 FORMAT_VERSION = 1
 CHUNK_CHARS = 4096
 CACHED_CHUNKS = 1024

@@ -27,6 +27,8 @@ from textguard.store._format import (
 )
 from textguard.store._membership import MembershipFilter, filter_positions
 
+__all__ = ["SHARD_SLOTS", "FilterSlot", "Layout", "by_shard", "choose_bucket_bits", "small_hash_limit"]
+
 logger = logging.getLogger(__name__)
 
 class FilterSlot:

@@ -30,6 +30,8 @@ from textguard.store._layout import SHARD_SLOTS, FilterSlot, Layout, by_shard
 from textguard.store._membership import MembershipFilter
 from textguard.store._scripts import LOOKUP
 
+__all__ = ["IndexReader", "Reader", "check_deadline"]
+
 logger = logging.getLogger(__name__)
 
 

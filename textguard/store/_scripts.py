@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from textguard.store._format import SHARDS
 
+__all__ = ["ADD_POSTINGS", "BEGIN", "CLAIM", "COMMIT", "LOOKUP", "REMOVE_POSTINGS", "WITHDRAW"]
+
 # KEYS: bucket key per entry, then the shard's filter key if ARGV[4] is given. ARGV: fields
 # blob, postings blob, cap, filter bit positions (4 bytes each). Sets the bits; appends each
 # posting to its field unless present or the field already holds `cap` postings. Returns

@@ -23,6 +23,8 @@ from textguard.store._layout import Layout, by_shard, choose_bucket_bits, small_
 from textguard.store._membership import choose_filter_bits
 from textguard.store._scripts import ADD_POSTINGS, BEGIN, CLAIM, COMMIT, REMOVE_POSTINGS, WITHDRAW
 
+__all__ = ["IndexWriter"]
+
 
 class IndexWriter:
     """Corpus maintenance: atomic per document, safe with several writer processes."""
