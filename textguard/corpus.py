@@ -68,6 +68,14 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class AddReport:
+    """What `Corpus.add` did: documents new, replaced (a changed version of an id) and left as
+    they were (same text and metadata), and the characters written.
+
+        with Corpus(settings) as corpus:
+            report = corpus.add(read_documents(Path("books.jsonl")))
+        print(report.added, report.replaced, report.unchanged, report.characters)
+    """
+
     added: int = 0
     replaced: int = 0
     unchanged: int = 0

@@ -1,4 +1,18 @@
-"""`Guard`: check one text against the index and decide (the API every surface uses)."""
+"""`Guard`: check one text against the index and decide (the API every surface uses).
+
+- `check` runs within a time budget: a check out of time starts no more round trips; a check
+  that cannot run is a skip, which the fail mode turns into allow or block (or raises), counted
+  and logged once per reason per 10 s.
+- `check_held` is for text a reader waits for: past the budget it keeps waiting, up to
+  `check_ceiling_ms`, and asks a Redis that timed out again (slow is not gone).
+- `check_many` checks a batch in two round trips in all (`store.BatchedReader`).
+- `source_passages` gives the stored text at source offsets, to show a match beside its source.
+
+    guard = Guard(Settings.load())
+    verdict = await guard.check(answer)      # guard.check_sync(answer) outside asyncio
+    if verdict.verdict != "allow":
+        answer = verdict.text                # the copies replaced by notices, or the block message
+"""
 
 from __future__ import annotations
 

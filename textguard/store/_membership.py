@@ -1,9 +1,9 @@
 """Which band keys the index may hold: a Bloom filter that a reader keeps, so that a lookup asks
 Redis only for keys that can be there.
 
-Nearly all band keys of a clean answer are in no document (97% of them over real chat answers,
-65% even for an answer with a copy), and in Redis each costs a hash lookup in cold memory: most
-of a check's Redis time went on keys that were not there. The filter lives in Redis as one bit
+Nearly all band keys of a clean answer are in no document (and most even of an answer with a
+copy: `benchmarks.speed` counts them), and in Redis each costs a hash lookup in cold memory:
+most of a check's Redis time went on keys that were not there. The filter lives in Redis as one bit
 string per shard tag (`…:{sN}:f`, beside that shard's buckets, so that the script adding a
 shard's postings sets its bits in the same call, atomically, also on a cluster), two bits per
 band entry. Bits are set before the documents they belong to are committed, and a commit bumps

@@ -1,4 +1,10 @@
-"""`IndexReader`: the request path, no writes."""
+"""`IndexReader`: the request path, no writes.
+
+A check is one round trip for its lookups (only the keys the key filter may hold) and one for
+the stored text it verifies against (what the chunk cache does not hold), then a read of
+`live` that confirms the documents it found. A check's deadline (`check_deadline`) is honoured
+at each round trip. On a cluster, each round trip is one pipeline per node, the nodes at once.
+"""
 
 from __future__ import annotations
 
