@@ -10,26 +10,16 @@ import re
 
 import httpx2
 import pytest
-from llm_app import Recorder, create_app
-from servers import serve
-from test_middleware import AFTER, BEFORE
 
+from tests.support.helpers import AFTER, BEFORE
+from tests.support.llm_app import Recorder, create_app
+from tests.support.redis_admin import audit_reader
+from tests.support.servers import serve
 from textguard import Settings
-from textguard._redis import connect_sync
-from textguard.audit import AuditReader
 from textguard.cli import main
 from textguard.serve.middleware import TextGuardMiddleware
 from textguard.serve.server import create_app as create_textguard_app
 from textguard.telemetry import JsonFormatter, RequestIdFilter
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
-
-
-def reader(settings: Settings) -> AuditReader:
-    return AuditReader(connect_sync(settings), settings.index)
 
 
 def chat(url: str, text: str, request_id: str, stream: bool = False) -> httpx2.Response:
@@ -38,7 +28,7 @@ def chat(url: str, text: str, request_id: str, stream: bool = False) -> httpx2.R
 
 
 def entries_for(settings: Settings, request_id: str) -> list[dict]:
-    return [e.to_dict() for e in reader(settings).latest(1000) if e.fields["request_id"] == request_id]
+    return [e.to_dict() for e in audit_reader(settings).latest(1000) if e.fields["request_id"] == request_id]
 
 
 def test_flagged_verdicts_are_audited_without_the_text(indexed: Settings, record: dict,

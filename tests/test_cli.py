@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.helpers import copied_answer, run
 from textguard import Settings
 from textguard.normalise import normalise
-
-
-def run(settings: Settings, *args: str, stdin: str | None = None,
-        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TEXTGUARD_HOME": str(settings.home), "TEXTGUARD_INDEX": settings.index,
-           **(extra_env or {})}
-    if settings.redis_url:
-        env["TEXTGUARD_REDIS_URL"] = settings.redis_url
-    return subprocess.run([sys.executable, "-m", "textguard", *args], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=120)
 
 
 @pytest.fixture
@@ -33,13 +21,6 @@ def corpus_file(tmp_path: Path, corpus_records: list[dict]) -> Path:
                                      "author": record["author"], "work": record["work"], "genre": "x"},
                                     ensure_ascii=False) + "\n")
     return path
-
-
-def copied_answer(record: dict, chars: int) -> str:
-    norm = normalise(record["text"])
-    begin, end = norm.original_span(50, 50 + chars)
-    return "我来回答这个问题。首先要说明背景，然后引用原文，最后谈谈感想和体会，希望对你有所帮助。" \
-        + record["text"][begin:end] + "以上是原文的一部分，仅供参考，欢迎继续讨论这个话题，我们可以聊聊别的方面。"
 
 
 def test_corpus_commands_and_check_json(settings: Settings, corpus_file: Path, corpus_records: list[dict],

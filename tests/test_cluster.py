@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import band_content, index_keys, to_document, uncapped
-from redis_cluster import LocalCluster
-from test_cli import copied_answer, run
 
+from tests.support.helpers import copied_answer, run, to_document
+from tests.support.redis_admin import admin_client, band_content, index_keys, uncapped
+from tests.support.redis_cluster import LocalCluster
 from textguard import CheckSkipped, ConfigError, Corpus, Guard, Settings
-from textguard._redis import connect_sync, parse_cluster_url
+from textguard._redis import parse_cluster_url
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -70,7 +70,7 @@ def test_cluster_gives_the_results_of_one_redis(settings: Settings, cluster_sett
     with Corpus(settings) as corpus:
         assert listed == list(corpus.list())
 
-    cluster_client = connect_sync(cluster_settings)
+    cluster_client = admin_client(cluster_settings)
     content, reference = band_content(cluster_client, cluster_settings), band_content(raw_redis, settings)
     assert content.keys() == reference.keys()
     stable = uncapped(reference, settings.max_postings)
@@ -129,7 +129,7 @@ def test_concurrent_writers_leave_a_consistent_index(settings: Settings, cluster
     assert _comparable(stats) == _comparable(reference_stats)
     assert stats["documents"] == len(covered) and stats["pending"] == 0
 
-    client = connect_sync(cluster_settings)
+    client = admin_client(cluster_settings)
     content, reference = band_content(client, cluster_settings), band_content(raw_redis, settings)
     assert not [v for v in content.values() if any(doc.startswith("<not live") for doc, _ in v)]
     assert content.keys() == reference.keys()

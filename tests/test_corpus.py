@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import command_calls, index_keys, to_document
 
+from tests.support.helpers import to_document
+from tests.support.redis_admin import command_calls, index_keys
 from textguard import Corpus, Document, Guard, IndexMismatchError, Settings, StoreUnavailableError
 from textguard._redis import connect_async
 from textguard.normalise import normalise

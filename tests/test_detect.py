@@ -10,13 +10,9 @@ import jieba
 import numpy as np
 import pytest
 
-from textguard import Guard, Settings, Verdict, detect
+from tests.support.helpers import PREFIX, SUFFIX, check, expected_span, long_records, passage
+from textguard import Guard, Settings, detect
 from textguard.normalise import normalise
-
-PREFIX = ("以下是我的回答，希望对你有帮助。关于这个问题，我们可以先从背景说起，"
-          "再看具体的文字，最后谈谈自己的理解和体会。")
-SUFFIX = ("以上就是全部内容，需要说明的是，不同版本之间可能有细微的差别，引用时请以权威版本为准。"
-          "总的来说，这段文字值得反复阅读，每次都会有新的收获；如果还有别的问题，欢迎继续提问，我会尽量详细地回答。")
 
 
 @pytest.fixture(scope="module")
@@ -24,28 +20,6 @@ def guard(indexed: Settings) -> Guard:
     guard = Guard(indexed)
     yield guard
     guard.close()
-
-
-def passage(record: dict, chars: int, at: float = 0.3) -> str:
-    """`chars` normalised characters of `record`, as they stand in its original text."""
-    norm = normalise(record["text"])
-    start = int((len(norm.text) - chars) * at)
-    begin, end = norm.original_span(start, start + chars)
-    return record["text"][begin:end]
-
-
-def long_records(records: list[dict], count: int, minimum: int = 3000) -> list[dict]:
-    return [r for r in records if len(r["text"]) >= minimum][:count]
-
-
-def expected_span(text: str, piece: str) -> tuple[int, int]:
-    begin = text.index(piece)
-    norm = normalise(piece)
-    return begin + int(norm.offsets[0]), begin + int(norm.offsets[-1]) + 1
-
-
-def check(guard: Guard, text: str) -> Verdict:
-    return guard.check_sync(text, fail_mode="raise")
 
 
 def test_verbatim_copy_is_found_with_exact_offsets_and_attribution(guard: Guard, corpus_records: list[dict]) -> None:

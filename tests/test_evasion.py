@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterator
 
 import opencc
 import pytest
-from conftest import DATA
-from test_detect import PREFIX, SUFFIX, check, expected_span, long_records, passage
 
+from tests.support.helpers import DATA, PREFIX, SUFFIX, check, expected_span, long_records, passage
 from textguard import Corpus, Document, Guard, Settings
 
 _to_traditional = opencc.OpenCC("s2t").convert

@@ -13,13 +13,12 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import to_document
-from llm_app import PAUSE, Recorder, create_app
-from redis_process import RedisProcess
-from servers import serve
-from test_middleware import AFTER, BEFORE, ask, collect
-from test_stream import longest_shared_run
 
+from tests.support.chat import ask, collect
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run, to_document
+from tests.support.llm_app import PAUSE, Recorder, create_app
+from tests.support.redis_process import RedisProcess
+from tests.support.servers import serve
 from textguard import Corpus, Guard, Settings
 from textguard.serve.middleware import TextGuardMiddleware
 
@@ -49,11 +48,6 @@ def running(redis_server: RedisProcess) -> Iterator[RedisProcess]:
     if redis_server.process is None:
         redis_server.start()
     redis_server.client().execute_command("CLIENT", "UNPAUSE")
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
 
 
 def guarded(settings: Settings, mode: str, recorder: Recorder) -> tuple[Guard, Any]:

@@ -11,19 +11,12 @@ import anthropic
 import httpx2
 import ollama
 import pytest
-from llm_app import Recorder, create_app
-from servers import serve, spawn
-from test_middleware import AFTER, BEFORE
-from test_proxy import textguard_env
-from test_stream import longest_shared_run
 
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run, textguard_env
+from tests.support.llm_app import Recorder, create_app
+from tests.support.servers import serve, spawn
 from textguard import Settings
 from textguard.serve.middleware import TextGuardMiddleware
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
 
 
 @pytest.fixture(scope="module")

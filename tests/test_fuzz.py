@@ -12,8 +12,8 @@ import httpx2
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from servers import serve
 
+from tests.support.servers import serve
 from textguard import Settings
 from textguard.normalise import normalise
 from textguard.serve._sse import EventParser

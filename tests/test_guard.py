@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import command_calls
 
+from tests.support.redis_admin import admin_client, command_calls
 from textguard import CheckSkipped, Guard, Settings
-from textguard._redis import SyncClient, connect_async, connect_sync
+from textguard._redis import SyncClient, connect_async
 from textguard.guard import SKIP_LOG_INTERVAL_S
 
 
@@ -54,7 +54,7 @@ def test_checks_over_budget_are_skipped_without_dropping_connections(indexed: Se
 
     async def over_budget_then_normal() -> list[str | None]:
         guard = Guard(indexed)
-        admin = connect_sync(indexed)
+        admin = admin_client(indexed)
         try:
             assert (await guard.check(copied, fail_mode="raise")).verdict == "block"  # connected and warm
             before = connections_received(admin)
@@ -152,7 +152,7 @@ def test_candidates_verified_in_vain_before_are_verified_again_without_a_fetch(
     to confirm with Redis either: the only round trip left is the lookup."""
     answers = [r["text"][:1500] for r in negative_records[:60]]
     guard = Guard(indexed)
-    admin = connect_sync(indexed)
+    admin = admin_client(indexed)
     try:
         before = hmget_calls(admin)
         first = [guard.check_sync(text, fail_mode="raise") for text in answers]

@@ -9,17 +9,12 @@ from typing import Any
 
 import httpx2
 import pytest
-from servers import serve
-from test_middleware import AFTER, BEFORE, RawAnswer, chat_chunks
-from test_stream import longest_shared_run
 
+from tests.support.chat import RawAnswer, chat_chunks
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run
+from tests.support.servers import serve
 from textguard import Settings
 from textguard.serve.middleware import TextGuardMiddleware
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
 
 
 def chat_json(content: str) -> dict[str, Any]:

@@ -9,15 +9,14 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from litellm_proxy import MASTER_KEY, guardrail, litellm_proxy
-from llm_app import Recorder, create_app
-from servers import serve
-from test_middleware import AFTER, BEFORE, collect
-from test_stream import longest_shared_run
 
+from tests.support.chat import collect
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run
+from tests.support.litellm_proxy import MASTER_KEY, guardrail, litellm_proxy
+from tests.support.llm_app import Recorder, create_app
+from tests.support.redis_admin import audit_reader
+from tests.support.servers import serve
 from textguard import Settings
-from textguard._redis import connect_sync
-from textguard.audit import AuditReader
 from textguard.serve.server import create_app as create_textguard_app
 
 API_TOKEN = "litellm-guardrail-token-0123456789"
@@ -128,7 +127,7 @@ def test_verdicts_reach_the_audit_log(textguard_settings: Settings, corpus_recor
     record = next(r for r in corpus_records if len(r["text"]) > 3000)
     copied = record["text"][1000:1100]
     settings = textguard_settings
-    reader = AuditReader(connect_sync(settings), settings.index)
+    reader = audit_reader(settings)
     before = reader.length()
     with serve(create_textguard_app(settings), lifespan="on") as textguard:
         url = textguard + "/beta/litellm_basic_guardrail_api"

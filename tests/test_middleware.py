@@ -11,18 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2
-import openai
 import pytest
-from llm_app import Recorder, create_app
-from servers import serve
-from test_stream import longest_shared_run
 
+from tests.support.chat import RawAnswer, ask, chat_chunks, collect, openai_client
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run
+from tests.support.llm_app import Recorder, create_app
+from tests.support.servers import serve
 from textguard import Settings
 from textguard.serve.middleware import TextGuardMiddleware
-
-BEFORE = "我来回答这个问题，先说说背景，再看原文的一段话，最后谈一谈我自己的看法和体会。这段话是这样写的："
-AFTER = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。从这段文字里，我们能看到作者对当时社会的观察，"
-         "也能感受到他的语言风格：简练、冷峻，却又带着温度。欢迎你继续提问，我们可以再讨论别的问题。")
 
 
 @pytest.fixture
@@ -38,30 +34,6 @@ def guarded(settings: Settings, recorder: Recorder, **kwargs: Any) -> Iterator[s
 @pytest.fixture
 def url(indexed: Settings, recorder: Recorder) -> Iterator[str]:
     yield from guarded(indexed, recorder)
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
-
-
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="test", max_retries=0, timeout=30)
-
-
-def ask(url: str, text: str, **kwargs: Any) -> Any:
-    return client(url).chat.completions.create(model="fake", messages=[{"role": "user", "content": text}], **kwargs)
-
-
-def collect(stream: Any) -> tuple[str, list[str | None], list[Any]]:
-    text, reasons, usage = [], [], []
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage.append(chunk.usage)
-        for choice in chunk.choices:
-            text.append(choice.delta.content or "")
-            reasons.append(choice.finish_reason)
-    return "".join(text), [r for r in reasons if r], usage
 
 
 def test_json_answer_is_rewritten_with_headers(url: str, record: dict) -> None:
@@ -92,7 +64,7 @@ def test_clean_answers_pass_unchanged(url: str, negative_records: list[dict]) ->
 
 def test_legacy_completions(url: str, record: dict) -> None:
     copied = record["text"][2000:2100]
-    completion = client(url).completions.create(model="fake", prompt=BEFORE + copied + AFTER)
+    completion = openai_client(url).completions.create(model="fake", prompt=BEFORE + copied + AFTER)
     assert f"出自《{record['work']}》" in completion.choices[0].text
 
 
@@ -175,32 +147,6 @@ def test_skips_stay_visible_when_the_host_server_reconfigures_logging(settings: 
     assert any("check skipped (redis)" in record.getMessage() for record in caplog.records)
 
 
-class RawAnswer:
-    """An app that answers with a prepared body, sent in pieces of `piece` bytes."""
-
-    def __init__(self, body: bytes, piece: int, headers: tuple[tuple[bytes, bytes], ...] = (),
-                 content_type: bytes | None = b"text/event-stream", status: int = 200) -> None:
-        self.body, self.piece, self.status = body, piece, status
-        self.headers = [*(((b"content-type", content_type),) if content_type else ()), *headers]
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await receive()
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        for i in range(0, len(self.body), self.piece):
-            await send({"type": "http.response.body", "body": self.body[i:i + self.piece], "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def chat_chunks(chunk_id: str, text: str, step: int) -> list[dict]:
-    """The chunks of a streamed chat answer: `step` characters each, then the finish chunk."""
-    base = {"id": chunk_id, "object": "chat.completion.chunk", "created": 1, "model": "m"}
-    events = [{**base, "choices": [{"index": 0, "delta": {"content": text[i:i + step]}, "finish_reason": None}]}
-              for i in range(0, len(text), step)]
-    return [*events, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
-
-
 def test_split_events_crlf_and_cut_characters(indexed: Settings, negative_records: list[dict]) -> None:
     text = negative_records[7]["text"][:300]
     events = chat_chunks("x", text, 4)
@@ -218,9 +164,9 @@ def test_split_events_crlf_and_cut_characters(indexed: Settings, negative_record
 def test_responses_api_json_and_stream(url: str, record: dict) -> None:
     copied = record["text"][1000:1100]
     answer = BEFORE + copied + AFTER
-    response = client(url).responses.create(model="fake", input=answer)
+    response = openai_client(url).responses.create(model="fake", input=answer)
     assert f"出自《{record['work']}》" in response.output_text and response.output_text.endswith(AFTER)
-    events = list(client(url).responses.create(model="fake", input=answer, stream=True))
+    events = list(openai_client(url).responses.create(model="fake", input=answer, stream=True))
     numbers = [e.sequence_number for e in events]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
@@ -234,7 +180,7 @@ def test_responses_api_json_and_stream(url: str, record: dict) -> None:
 def test_responses_api_block(indexed: Settings, recorder: Recorder, record: dict) -> None:
     for url in guarded(indexed, recorder, delay=0.002):
         copied = record["text"][:2000]
-        with client(url).responses.stream(model="fake", input=BEFORE + copied) as stream:
+        with openai_client(url).responses.stream(model="fake", input=BEFORE + copied) as stream:
             events = list(stream)
             final = stream.get_final_response()  # the SDK's helper accepts how the stream ended
         assert events[-1].type == "response.completed"
@@ -245,7 +191,7 @@ def test_responses_api_block(indexed: Settings, recorder: Recorder, record: dict
         assert [e.type for e in events[-4:]] == ["response.output_text.done", "response.content_part.done",
                                                  "response.output_item.done", "response.completed"]
         assert recorder.cancelled.wait(10)
-        blocked = client(url).responses.create(model="fake", input=copied)
+        blocked = openai_client(url).responses.create(model="fake", input=copied)
         assert blocked.status == "incomplete" and blocked.incomplete_details.reason == "content_filter"
 
 

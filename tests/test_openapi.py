@@ -15,8 +15,8 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from servers import serve
 
+from tests.support.servers import serve
 from textguard import Settings
 from textguard.serve.server import create_app
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_cli import run
-
+from tests.support.helpers import run
 from textguard import Settings
 from textguard.probe import make_probes
 from textguard.scan import read_results

@@ -16,16 +16,16 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from llm_app import BREAK, SLOW, Recorder, create_app
-from servers import read_until, serve, spawn
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from test_middleware import AFTER, BEFORE, collect
-from test_stream import longest_shared_run
 
+from tests.support.chat import collect
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run, textguard_env
+from tests.support.llm_app import BREAK, SLOW, Recorder, create_app
+from tests.support.redis_admin import admin_client
+from tests.support.servers import read_until, serve, spawn
 from textguard import Settings
 from textguard._asgi import Message, Receive, Scope, Send
-from textguard._redis import connect_sync
 from textguard.audit import stream_key
 from textguard.serve.proxy import Forwarder
 from textguard.serve.server import create_app as create_textguard_app
@@ -52,23 +52,11 @@ def recorder(upstream_recorder: Recorder) -> Iterator[Recorder]:
     upstream_recorder.release.set()  # let a slow answer a test left waiting finish
 
 
-def textguard_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {"TEXTGUARD_HOME": str(settings.home), "TEXTGUARD_INDEX": settings.index, **extra}
-    if settings.redis_url:
-        env["TEXTGUARD_REDIS_URL"] = settings.redis_url
-    return env
-
-
 @pytest.fixture(scope="module")
 def proxy(indexed: Settings, upstream: str) -> Iterator[str]:
     env = textguard_env(indexed, TEXTGUARD_ADMIN_TOKEN=TOKEN, TEXTGUARD_UPSTREAM_READ_TIMEOUT_S="1.5")
     with spawn(["proxy", "--upstream", upstream, "--port", "0"], env) as (_, url):
         yield url
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
 
 
 def client(url: str, key: str = USER_KEY) -> openai.OpenAI:
@@ -99,7 +87,7 @@ def test_answers_through_the_proxy_clean_rewritten_blocked(proxy: str, recorder:
 
 def test_rewritten_answers_through_the_proxy_are_audited(proxy: str, recorder: Recorder, record: dict,
                                                         indexed: Settings) -> None:
-    audit, key = connect_sync(indexed), stream_key(indexed.index)
+    audit, key = admin_client(indexed), stream_key(indexed.index)
     entries = audit.xlen(key)
     copied = record["text"][1000:1100]
     for _ in range(3):

@@ -15,8 +15,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from test_scan import BACK, FRONT, long_records, piece, write_jsonl
 
+from tests.support.helpers import BACK, FRONT, piece, records_longer_than, write_jsonl
 from textguard import Settings
 from textguard.report import render
 from textguard.scan import ScanOptions, read_results, run_scan, summarise
@@ -54,7 +54,7 @@ def scanned(indexed: Settings, corpus_records: list[dict], negative_records: lis
             tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Results of a real scan: 60 copies from several works (one after characters outside the
     BMP, one blocked, one of two works), a short quotation and negatives."""
-    docs = long_records(corpus_records)
+    docs = records_longer_than(corpus_records, 4000)
     answers = []
     for i in range(60):
         doc = docs[i % 5]

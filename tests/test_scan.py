@@ -12,36 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import run
 
+from tests.support.helpers import BACK, FRONT, piece, records_longer_than, run, write_jsonl
 from textguard import Settings
 from textguard.normalise import normalise
 from textguard.scan import Malformed, ScanError, ScanOptions, read_items, read_results, run_scan, summarise
 
-FRONT = "谢谢你的提问。关于这个问题，我先说说自己的理解，再引一段原文给你参考："
-BACK = "以上就是我找到的内容，仅供参考。如果你还想了解作者的生平或者写作背景，欢迎继续提问。"
-
-
-def piece(record: dict, chars: int, at: float = 0.4) -> str:
-    """`chars` normalised characters of a record, as they stand in its original text."""
-    norm = normalise(record["text"])
-    start = int((len(norm.text) - chars) * at)
-    begin, end = norm.original_span(start, start + chars)
-    return record["text"][begin:end]
-
-
-def long_records(corpus_records: list[dict]) -> list[dict]:
-    return [r for r in corpus_records if len(r["text"]) > 4000]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
 
 def mixed(corpus_records: list[dict], negative_records: list[dict], count: int) -> list[dict]:
     """Answers with a copy (every third), a short quotation (every fifth) or nothing copied."""
-    docs = long_records(corpus_records)
+    docs = records_longer_than(corpus_records, 4000)
     answers = []
     for i in range(count):
         filler = negative_records[i % len(negative_records)]["text"][:400]
@@ -63,7 +43,7 @@ def scan(settings: Settings, options: ScanOptions) -> tuple[list[dict], list[Mal
 
 def test_verdicts_and_metrics_of_a_generated_file(indexed: Settings, corpus_records: list[dict],
                                                   negative_records: list[dict], tmp_path: Path) -> None:
-    copy_doc, block_doc, quote_doc = long_records(corpus_records)[:3]
+    copy_doc, block_doc, quote_doc = records_longer_than(corpus_records, 4000)[:3]
     copied = piece(copy_doc, 200)
     filler = negative_records[-1]["text"][:400]
     answer = FRONT + copied + BACK + filler
@@ -191,7 +171,8 @@ def test_workers_and_batch_sizes_give_the_same_results(indexed: Settings, corpus
 
 
 def test_plain_text_and_standard_input(indexed: Settings, corpus_records: list[dict], tmp_path: Path) -> None:
-    copied = (FRONT + piece(long_records(corpus_records)[0], 90) + BACK + FRONT).replace("\n", "")  # one line
+    document = records_longer_than(corpus_records, 4000)[0]
+    copied = (FRONT + piece(document, 90) + BACK + FRONT).replace("\n", "")  # one line
     text_file = tmp_path / "answers.txt"
     text_file.write_text(f"第一个回答，与原文无关。\n\n{copied}\n", encoding="utf-8")
     results, _ = scan(indexed, ScanOptions(str(text_file), tmp_path / "out.jsonl"))

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_process import RedisProcess, debian_redis_server, free_port
 
+from tests.support.redis_process import RedisProcess, debian_redis_server, free_port
 from textguard import Corpus, Document, Guard, Settings, StoreUnavailableError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "textguard"
@@ -28,11 +28,6 @@ def _finds_copy(settings: Settings, record: dict) -> bool:
     finally:
         guard.close()
     return [m.doc_id for m in verdict.matches] == [record["id"]]
-
-
-@pytest.fixture
-def record(corpus_records: list[dict]) -> dict:
-    return next(r for r in corpus_records if len(r["text"]) > 3000)
 
 
 def test_redis_auth_through_the_url(tmp_path: Path, record: dict) -> None:

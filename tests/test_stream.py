@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from difflib import SequenceMatcher
 from typing import Any
 
-from conftest import command_calls
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.helpers import AFTER, BEFORE, longest_shared_run
+from tests.support.redis_admin import command_calls
 from textguard import Guard, Settings
-from textguard.normalise import normalise
 from textguard.policy import Verdict
 from textguard.stream import GuardedStream
-
-
-def longest_shared_run(a: str, b: str) -> int:
-    x, y = normalise(a).text, normalise(b).text
-    return SequenceMatcher(None, x, y, autojunk=False).find_longest_match(0, len(x), 0, len(y)).size
 
 
 async def stream_through(guard: Guard, text: str, cuts: list[int]) -> tuple[str, bool]:
@@ -91,21 +85,17 @@ def test_copy_is_replaced_by_the_notice_and_the_answer_goes_on(indexed: Settings
                                                                 corpus_records: list[dict]) -> None:
     record = next(r for r in corpus_records if len(r["text"]) > 3000)
     copied = record["text"][1000:1100]
-    before = "我来回答这个问题，先说说背景，再看原文的一段话，最后谈一谈我自己的看法和体会。这段话是这样写的："
-    after = ("这就是原文。我觉得作者在这里写得很好，值得我们反复阅读和体会。"
-             "从这段文字里，我们能看到作者对当时社会的观察，"
-             "也能感受到他的语言风格：简练、冷峻，却又带着温度。欢迎你继续提问，我们可以再讨论别的问题。")
 
     async def run() -> tuple[str, bool]:
         guard = Guard(indexed)
         try:
-            return await stream_through(guard, before + copied + after, list(range(0, 500, 2)))
+            return await stream_through(guard, BEFORE + copied + AFTER, list(range(0, 500, 2)))
         finally:
             await guard.aclose()
 
     released, blocked = asyncio.run(run())
     assert not blocked
-    assert released.startswith(before) and released.endswith(after)
+    assert released.startswith(BEFORE) and released.endswith(AFTER)
     assert f"出自《{record['work']}》" in released
     assert longest_shared_run(released, copied) <= indexed.quote_chars
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
-from redis_process import RedisProcess, free_port, redis_server_binary
+
+from tests.support.redis_process import RedisProcess, free_port, redis_server_binary
 
 SLOTS = 16384
 START_TIMEOUT_S = 30.0

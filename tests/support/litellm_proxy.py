@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from servers import program
+from tests.support.servers import program
 
 MASTER_KEY = "sk-litellm-master-key-for-tests"
 MODEL = """\

@@ -1,0 +1,1 @@
+"""The tests; helpers they share (and benchmarks reuse) are in tests.support."""
