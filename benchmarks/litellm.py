@@ -2,7 +2,7 @@
 copied streams, clean streams unchanged, and what the guardrail costs a reader, against the same
 LiteLLM without it, in one run.
 
-    python benchmarks/litellm.py [--streams 60] [--corpus-fraction 0.1] [--sampling-rate 5]
+    python -m benchmarks.litellm [--streams 60] [--corpus-fraction 0.1] [--sampling-rate 5]
 
 Processes on 127.0.0.1: the embedded Redis holding part of the shared corpus, the fake model of
 the tests (it answers with the user's message, two characters a chunk, `--chunk-delay` apart),
@@ -18,27 +18,27 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from difflib import SequenceMatcher
-from pathlib import Path
 
-import numpy as np
 import openai
 
+from benchmarks._harness import (
+    STREAMED_CHARS,
+    corpus_passage,
+    fraction,
+    index_corpus,
+    load_answers,
+    load_corpus,
+    p50,
+    scratch_index,
+)
+from tests.support.helpers import longest_shared_run
+from tests.support.litellm_proxy import MASTER_KEY, guardrail, litellm_proxy
+from tests.support.llm_app import Recorder, create_app
+from tests.support.servers import serve, spawn
 from textguard import Settings
-from textguard.normalise import normalise
-
-BENCHMARKS = Path(__file__).resolve().parent
-TESTS = BENCHMARKS.parent / "tests"
-sys.path[:0] = [str(BENCHMARKS), str(TESTS)]  # the corpus and answer loaders, the servers: reused
-from litellm_proxy import MASTER_KEY, guardrail, litellm_proxy  # noqa: E402
-from llm_app import Recorder, create_app  # noqa: E402
-from servers import serve, spawn  # noqa: E402
-from stream import PASSAGE_CHARS, build_index, load_answers, load_corpus  # noqa: E402
 
 SEED = 20261207
 
@@ -51,11 +51,6 @@ class Run:
     last_s: float
     longest: int  # of the passage, in what the reader got (copied answers)
     changed: bool
-
-
-def longest_run(released: str, passage: str) -> int:
-    a, b = normalise(released).text, normalise(passage).text
-    return SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b)).size
 
 
 def stream_once(client: openai.OpenAI, text: str, guarded: bool) -> tuple[str, float, float]:
@@ -75,34 +70,35 @@ def stream_once(client: openai.OpenAI, text: str, guarded: bool) -> tuple[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=60, help="answers per flavour (clean, copied)")
-    parser.add_argument("--corpus-fraction", type=float, default=0.1)
+    parser.add_argument("--corpus-fraction", type=fraction, default=0.1)
     parser.add_argument("--sampling-rate", type=int, default=5, help="LiteLLM's streaming_sampling_rate")
     parser.add_argument("--chunk-delay", type=float, default=0.005, help="seconds between the model's chunks")
     options = parser.parse_args()
+    with scratch_index(f"litellm-{uuid.uuid4().hex[:6]}") as (settings, _):
+        runs = measure(options, settings)
+    report(runs, settings.quote_chars)
 
-    home = Path(tempfile.mkdtemp(prefix="textguard-litellm-"))
-    settings = Settings(home=home, index=f"litellm-{uuid.uuid4().hex[:6]}")
+
+def measure(options: argparse.Namespace, settings: Settings) -> list[Run]:
     documents = load_corpus(options.corpus_fraction)
     print(f"indexing {len(documents)} documents ...", flush=True)
-    print(f"indexed in {build_index(settings, documents):.1f} s", flush=True)
+    print(f"indexed in {index_corpus(settings, documents)[1]:.1f} s", flush=True)
     rng = random.Random(SEED)
-    answers = load_answers(2 * options.streams)
+    answers = load_answers(2 * options.streams, STREAMED_CHARS)
     work: list[tuple[str, str, str]] = []  # flavour, text, passage
     for index, answer in enumerate(answers):
         if index % 2:
-            doc = rng.choice([d for d in documents if len(d.text) >= 2 * PASSAGE_CHARS])
-            offset = rng.randrange(len(doc.text) - PASSAGE_CHARS)
-            passage = doc.text[offset:offset + PASSAGE_CHARS]
+            passage = corpus_passage(documents, rng)
             cut = len(answer) // 3
             work.append(("copied", answer[:cut] + "\n\n" + passage + "\n\n" + answer[cut:], passage))
         else:
             work.append(("clean", answer, ""))
 
-    env = {"TEXTGUARD_HOME": str(home), "TEXTGUARD_INDEX": settings.index}
+    env = {"TEXTGUARD_HOME": str(settings.home), "TEXTGUARD_INDEX": settings.index}
     with serve(create_app(Recorder(), chunk_chars=2, delay=options.chunk_delay)) as upstream, \
             spawn(["serve", "--port", "0"], env) as (_, textguard):
         guardrails = [guardrail("textguard", textguard, default_on=False, sampling_rate=options.sampling_rate)]
-        with litellm_proxy(upstream, guardrails, home) as url:
+        with litellm_proxy(upstream, guardrails, settings.home) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=120)
             for _ in range(2):  # warm-up: connections, dictionaries
                 stream_once(client, answers[0], True)
@@ -110,11 +106,11 @@ def main() -> None:
             for number, (flavour, text, passage) in enumerate(work):
                 for guarded in (True, False) if number % 2 else (False, True):
                     released, first, last = stream_once(client, text, guarded)
-                    runs.append(Run(flavour, guarded, first, last, longest_run(released, passage) if passage else 0,
-                                    released != text))
+                    longest = longest_shared_run(released, passage) if passage else 0
+                    runs.append(Run(flavour, guarded, first, last, longest, released != text))
                 if (number + 1) % 20 == 0:
                     print(f"  {number + 1}/{len(work)} answers", flush=True)
-    report(runs, settings.quote_chars)
+    return runs
 
 
 def report(runs: list[Run], quote: int) -> None:
@@ -125,9 +121,9 @@ def report(runs: list[Run], quote: int) -> None:
         guarded = [r for r in runs if r.flavour == flavour and r.guarded]
         bare = [r for r in runs if r.flavour == flavour and not r.guarded]
         longest = [r.longest for r in guarded]
-        first_g, first_b = _median([r.first_s for r in guarded]), _median([r.first_s for r in bare])
-        last_g, last_b = _median([r.last_s for r in guarded]), _median([r.last_s for r in bare])
-        print(f"{flavour:<8} {len(guarded):>7} {max(longest):>16} {int(np.median(longest)):>5} "
+        first_g, first_b = p50([r.first_s for r in guarded]), p50([r.first_s for r in bare])
+        last_g, last_b = p50([r.last_s for r in guarded]), p50([r.last_s for r in bare])
+        print(f"{flavour:<8} {len(guarded):>7} {max(longest):>16} {int(p50(longest)):>5} "
               f"{sum(r.changed for r in guarded):>8} "
               f"{f'{first_g * 1000:.0f} / {first_b * 1000:.0f} ms ({first_g / first_b:.1f}x)':>30} "
               f"{f'{last_g * 1000:.0f} / {last_b * 1000:.0f} ms ({last_g / last_b:.2f}x)':>30}")
@@ -136,10 +132,6 @@ def report(runs: list[Run], quote: int) -> None:
     held = max(r.longest for r in copied) <= quote and not any(r.changed for r in clean) \
         and all(r.changed for r in copied)
     print(f"\nbound held over {len(copied)} copied streams, no clean stream changed: {'yes' if held else 'NO'}")
-
-
-def _median(values: list[float]) -> float:
-    return float(np.median(values))
 
 
 def _version(package: str) -> str:

@@ -1,6 +1,6 @@
 """Detection quality on real Chinese text: how often each kind of copying is caught, and false positives.
 
-    python benchmarks/quality.py [--seed 7] [--cases-per-kind 200] [--corpus-fraction 1.0] [--json out.json] [--quick]
+    python -m benchmarks.quality [--seed 7] [--cases-per-kind 200] [--corpus-fraction 1.0] [--json out.json] [--quick]
 
 Indexes the three corpus files of ../shared/data, minus a held-out ~3% of chapters, into a fresh embedded Redis
 in a temp dir. Then builds seeded cases of copying (verbatim, at the quotation edge, edited, homophones, renamed
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import logging
 import math
 import random
 import re
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -41,14 +37,15 @@ import numpy as np
 import opencc
 from pypinyin import lazy_pinyin
 
-from textguard import Corpus, Document, Guard, Match, Settings, Verdict
+from benchmarks import DATA, read_jsonl, require_data
+from benchmarks._harness import fraction, index_corpus, load_answers, load_corpus, parse_quick, scratch_index
+from textguard import Document, Guard, Match, Settings, Verdict
 from textguard.normalise import Normalised, normalise
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The corpus files in the order the seeded hold-out draw shuffles them: another order draws other chapters.
 CORPUS_FILES = ("corpus_modern_pd.jsonl", "corpus_modern_pd_cn_only.jsonl", "corpus_classical_novels.jsonl")
 NEGATIVE_FILES = ("unrelated_wiki_ccbysa.jsonl", "llm_answers_zh.jsonl")
 HOLDOUT_SHARE = 0.03
-HOST_MIN_CJK = 0.5
 IOU_TARGET = 0.9
 NEGATIVE_TARGET = 0.1  # percent of records flagged, at most
 MAX_TRIES = 1000
@@ -76,19 +73,10 @@ Goal = Literal["flag", "allow", "flag_works"]
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    doc_id: str
-    text: str
-    title: str
-    author: str
-    work: str
-
-
-@dataclass(frozen=True, slots=True)
 class Passage:
     """A stretch of a record, delimited in normalised characters so that lengths are exact."""
 
-    record: Record
+    record: Document
     norm: Normalised
     start: int
     end: int
@@ -138,11 +126,11 @@ class Checked:
 class Pool:
     """Records to cut passages from, normalised lazily: small runs sample only a few of them."""
 
-    def __init__(self, records: Sequence[Record]) -> None:
+    def __init__(self, records: Sequence[Document]) -> None:
         self.records = list(records)
         self._normalised: dict[str, Normalised] = {}
 
-    def normalised(self, record: Record) -> Normalised:
+    def normalised(self, record: Document) -> Normalised:
         norm = self._normalised.get(record.doc_id)
         if norm is None:
             norm = self._normalised[record.doc_id] = normalise(record.text)
@@ -163,9 +151,9 @@ class Pool:
 class Sources:
     """The material cases are made of: indexed records, chat answers to host them, a homophone table."""
 
-    def __init__(self, indexed: Sequence[Record], answers: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, indexed: Sequence[Document], hosts: Sequence[str]) -> None:
         self.pool = Pool(indexed)
-        self.hosts = [a["text"] for a in answers if a["cjk_ratio"] >= HOST_MIN_CJK]
+        self.hosts = list(hosts)
         self.chat_sentences = [s.strip() for host in self.hosts for line in host.split("\n")
                                for s in SENTENCE.findall(line) if 8 <= norm_len(s) <= 60]
         self.famous = [r for r in indexed if r.work in FAMOUS_WORKS]
@@ -243,7 +231,7 @@ def matchable_extent(text: str, offset: int) -> Region:
     return offset + int(offsets[0]), offset + int(offsets[-1]) + 1
 
 
-def homophone_table(records: Sequence[Record]) -> dict[str, tuple[str, ...]]:
+def homophone_table(records: Sequence[Document]) -> dict[str, tuple[str, ...]]:
     """Common corpus characters -> other common characters with the same toneless pinyin.
 
     Traditional variants of the same character are left out: the guard folds them back, so they are no edit.
@@ -489,26 +477,16 @@ def generate(src: Sources, per_kind: int, seed: int) -> list[Case]:
 # --- data, index and checks ----------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def read_corpus() -> list[Record]:
-    return [Record(r["id"], r["text"], r.get("title", ""), r.get("author", ""), r.get("work", ""))
-            for name in CORPUS_FILES for r in read_jsonl(DATA / name)]
-
-
-def split_corpus(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+def split_corpus(records: Sequence[Document], share: float, seed: int) -> tuple[list[Document], list[Document]]:
     """(indexed, held out). The hold-out is drawn first, so it is the same whatever --corpus-fraction says."""
     order = list(records)
     random.Random(f"{seed}:holdout").shuffle(order)
     held_count = round(HOLDOUT_SHARE * len(order))
     rest = order[held_count:]
-    return rest[:round(fraction * len(rest))], order[:held_count]
+    return rest[:round(share * len(rest))], order[:held_count]
 
 
-def build_index(settings: Settings, records: Sequence[Record]) -> dict[str, float]:
+def build_index(settings: Settings, records: Sequence[Document]) -> dict[str, float]:
     total = sum(len(r.text) for r in records)
     done = printed = 0
     started = time.perf_counter()
@@ -521,9 +499,9 @@ def build_index(settings: Settings, records: Sequence[Record]) -> dict[str, floa
             rate = done / (time.perf_counter() - started)
             print(f"  indexed {done:>12,} / {total:,} chars ({rate:,.0f} chars/s)", flush=True)
 
-    with Corpus(settings) as corpus:
-        report = corpus.add((Document(r.doc_id, r.text, r.title, r.author, r.work) for r in records), progress)
-    seconds = time.perf_counter() - started
+    # expected_chars=0: the index is not sized for the corpus (smallest buckets and key filter), as
+    # when the published figures were measured
+    report, seconds = index_corpus(settings, records, expected_chars=0, progress=progress)
     print(f"ingest: {report.added} documents, {report.characters:,} chars in {seconds:.1f} s "
           f"({report.characters / seconds:,.0f} chars/s)", flush=True)
     return {"documents": report.added, "chars": report.characters, "seconds": round(seconds, 2),
@@ -544,7 +522,7 @@ def _run_hashes(text: str) -> np.ndarray:
     return hashes
 
 
-def negatives(indexed: Sequence[Record], held: Sequence[Record], count: int, seed: int) -> list[Negative]:
+def negatives(indexed: Sequence[Document], held: Sequence[Document], count: int, seed: int) -> list[Negative]:
     """Every wiki paragraph and chat answer whole, plus passages of chapters that were never indexed.
 
     The corpus repeats itself (novels reuse verses, one novel retells another's chapters), so a
@@ -741,38 +719,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cases-per-kind", type=int, default=None, help="default 200 (100 with --quick)")
-    parser.add_argument("--corpus-fraction", type=float, default=None, help="default 1.0 (0.2 with --quick)")
+    parser.add_argument("--corpus-fraction", type=fraction, default=None, help="default 1.0 (0.2 with --quick)")
     parser.add_argument("--heldout-passages", type=int, default=None, help="default 500 (100 with --quick)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--quick", action="store_true", help="a ~2-minute run on a fifth of the corpus")
-    args = parser.parse_args(argv)
-    defaults = {"cases_per_kind": (200, 100), "corpus_fraction": (1.0, 0.2), "heldout_passages": (500, 100)}
-    for name, (full, quick) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
-    return args
+    full = {"cases_per_kind": 200, "corpus_fraction": 1.0, "heldout_passages": 500}
+    quick = {"cases_per_kind": 100, "corpus_fraction": 0.2, "heldout_passages": 100}
+    return parse_quick(parser, argv, full, quick, "a short run on a fifth of the corpus")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if not DATA.is_dir():
-        print(f"data folder {DATA} is absent: the benchmark needs the shared Chinese corpus", file=sys.stderr)
-        return 2
+    require_data()
     started = time.perf_counter()
     jieba.setLogLevel(logging.WARNING)
-    indexed, held = split_corpus(read_corpus(), args.corpus_fraction, args.seed)
-    home = Path(tempfile.mkdtemp(prefix="textguard-quality-"))
-    # Registered before the embedded Redis starts, so it runs after Redis's own exit hook has stopped the server.
-    atexit.register(shutil.rmtree, home, ignore_errors=True)
-    settings = Settings.load(home=home, index="quality")
-    print(f"indexing {len(indexed)} chapters ({len(held)} held out) into {home}", flush=True)
-    ingest = build_index(settings, indexed)
+    indexed, held = split_corpus(load_corpus(files=CORPUS_FILES), args.corpus_fraction, args.seed)
+    with scratch_index("quality", external_ok=True) as (settings, _):
+        print(f"indexing {len(indexed)} chapters ({len(held)} held out) into {settings.home}", flush=True)
+        ingest = build_index(settings, indexed)
 
-    print("building cases", flush=True)
-    cases = generate(Sources(indexed, read_jsonl(DATA / "llm_answers_zh.jsonl")), args.cases_per_kind, args.seed)
-    items = negatives(indexed, held, args.heldout_passages, args.seed)
-    print(f"checking {len(cases):,} cases and {len(items):,} negatives", flush=True)
-    checked = asyncio.run(check_all(settings, [c.text for c in cases] + [n.text for n in items]))
+        print("building cases", flush=True)
+        cases = generate(Sources(indexed, load_answers()), args.cases_per_kind, args.seed)
+        items = negatives(indexed, held, args.heldout_passages, args.seed)
+        print(f"checking {len(cases):,} cases and {len(items):,} negatives", flush=True)
+        checked = asyncio.run(check_all(settings, [c.text for c in cases] + [n.text for n in items]))
 
     results = score(cases, checked[:len(cases)])
     rows = negative_rows(items, checked[len(cases):])
@@ -795,4 +764,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """textguard at scale: 10 M and 100 M characters, on one Redis and on a 3-node Redis Cluster.
 
-    python benchmarks/scale.py [--quick] [--sizes 10000000,100000000] [--checks 200] [--stock-windows N]
+    python -m benchmarks.scale [--quick] [--sizes 10000000,100000000] [--checks 200] [--stock-windows N]
 
 The corpora are synthetic but Chinese through and through: a seeded generator recombines the
 shared corpus (../shared/data) across works word by word, keeping the frequencies of its words
@@ -17,53 +17,42 @@ targets: p50 at 100 M within 1.3x of p50 at 10 M, bytes per character no higher 
 ingest of at least 1 M chars/s with 2 workers (or the ratio to 1 worker: the machine has 2 cores,
 shared by the writers, the Redis servers and this process).
 
-The full run takes about 40 minutes on the 2-core machine (mostly ingesting 2 x 110 M
-characters and building the stock index); `--quick` (1 M and 10 M, 50 checks, a 20,000-window
-stock index) about 5 minutes. Memory: up to ~2 GB of Redis at 100 M.
+The full run is long (most of it ingesting 2 x 110 M characters and building the stock index) and
+holds the 100 M index in Redis memory (see used/char in its report); `--quick` (1 M and 10 M, 50
+checks, a 20,000-window stock index) is a fraction of it. It prints its own run time at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import resource
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rjieba
 from tqdm import tqdm
 
-from textguard import Corpus, Document, Guard, Settings
-from textguard.normalise import normalise
-from textguard.sketching import TextSketcher
-
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS))
-sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
-# the stock baseline, data loaders and timers of the speed benchmark, and the test cluster, reused
-from redis_cluster import LocalCluster, cpu_seconds, local_cluster, local_server, used_memory  # noqa: E402
-from redis_process import RedisProcess  # noqa: E402
-from speed import (  # noqa: E402
-    CORPUS_FILES,
-    DATA,
+from benchmarks import DATA, read_jsonl, require_data
+from benchmarks._harness import CORPUS_FILES, CpuMeter, index_corpus, load_answers, p50, p99, parse_quick
+from benchmarks.speed import (  # the stock baseline, the answers and the timers of the speed benchmark
     StockLSH,
     clean_texts,
     copied_texts,
-    load_answers,
-    p50,
-    p99,
     redis_memory,
     time_async_calls,
     time_calls,
 )
+from tests.support.redis_cluster import LocalCluster, cpu_seconds, local_cluster, local_server, used_memory
+from tests.support.redis_process import RedisProcess
+from textguard import Corpus, Document, Guard, Settings
+from textguard.normalise import normalise
+from textguard.sketching import TextSketcher
 
 SEED = 20240611
 DOC_CHARS = 5_000  # characters per synthetic document (about a chapter)
@@ -83,22 +72,19 @@ class Options:
     stock_queries: int
 
 
+def sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(float(s)) for s in text.split(","))
+
+
 def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 M and 10 M characters, fewer checks")
-    parser.add_argument("--sizes", help="comma-separated corpus sizes in characters (default 10 M, 100 M)")
+    parser.add_argument("--sizes", type=sizes, help="comma-separated corpus sizes in characters (default 10 M, 100 M)")
     parser.add_argument("--checks", type=int, help="timed checks per flavour and deployment (default 200)")
     parser.add_argument("--stock-windows", type=int, help="windows indexed into the stock MinHashLSH")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = dict(QUICK if args.quick else FULL)
-    if args.sizes:
-        values["sizes"] = tuple(int(float(s)) for s in args.sizes.split(","))
-    for name in ("checks", "stock_windows"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    if len(values["sizes"]) < 1 or min(values["sizes"]) < 100_000 or values["checks"] < 1:
+    args = parse_quick(parser, argv, FULL, QUICK, "1 M and 10 M characters, fewer checks")
+    if len(args.sizes) < 1 or min(args.sizes) < 100_000 or args.checks < 1:
         parser.error("sizes must be at least 100,000 characters; --checks at least 1")
-    return Options(**values)
+    return Options(**{name: getattr(args, name) for name in FULL})
 
 
 # ---------------------------------------------------------------- the synthetic corpus
@@ -119,9 +105,8 @@ class Generator:
         index: dict[str, int] = {}
         ids: list[int] = []
         for name in CORPUS_FILES:
-            with (DATA / name).open(encoding="utf-8") as handle:
-                for line in handle:
-                    ids.extend(index.setdefault(token, len(index)) for token in rjieba.cut(json.loads(line)["text"]))
+            for record in read_jsonl(DATA / name):
+                ids.extend(index.setdefault(token, len(index)) for token in rjieba.cut(record["text"]))
         vocabulary = np.array(list(index), dtype=object)
         self.vocabulary = vocabulary
         self.ids = np.array(ids, dtype=np.int64)
@@ -209,25 +194,17 @@ class Measured:
     verdicts: dict[str, int]
 
 
-def _process_cpu() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def ingest(settings: Settings, deployment: Deployment, documents: Sequence[Document], workers: int,
            expected: int) -> tuple[float, tuple[float, float]]:
     """Index `documents` with `workers` writer processes: chars/s, and CPU µs per char spent by
     the writers (this process and its workers) and by the Redis servers."""
     chars = sum(len(d.text) for d in documents)
-    with Corpus(settings) as corpus, tqdm(total=chars, unit="char", unit_scale=True, file=sys.stderr,
-                                          desc=f"ingest x{workers}", disable=not sys.stderr.isatty()) as bar:
-        cpu, server_cpu = _process_cpu(), deployment.cpu_seconds()
-        started = time.perf_counter()
-        report = corpus.add(iter(documents), progress=bar.update, workers=workers, expected_chars=expected)
-        seconds = time.perf_counter() - started
-        cpu, server_cpu = _process_cpu() - cpu, deployment.cpu_seconds() - server_cpu
+    meter = CpuMeter(deployment.cpu_seconds)
+    report, seconds = index_corpus(settings, documents, expected_chars=expected, workers=workers,
+                                   desc=f"ingest x{workers}")
+    cpu = meter.stop()
     assert report.added == len(documents), report
-    return chars / seconds, (cpu * 1e6 / chars, server_cpu * 1e6 / chars)
+    return chars / seconds, (cpu.process * 1e6 / chars, cpu.server * 1e6 / chars)
 
 
 def measure(deployment: Deployment, size: int, documents: Sequence[Document], texts: dict[str, list[str]],
@@ -350,8 +327,7 @@ def print_results(results: Sequence[Measured], stock: StockResult | None, sizes:
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
-    if not DATA.is_dir():
-        raise SystemExit(f"shared data not found at {DATA} (expected next to the project, as ../shared/data)")
+    require_data()
     started = time.perf_counter()
     print(f"textguard scale benchmark: sizes {', '.join(f'{s:,}' for s in options.sizes)} chars; "
           f"nproc {len(os.sched_getaffinity(0))}; load average at start {os.getloadavg()[0]:.2f}", flush=True)

