@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.support.helpers import PREFIX, SUFFIX, check, expected_span, long_records, passage
-from textguard import Guard, Settings, detect
+from textguard import Guard, Settings, _align
 from textguard.normalise import normalise
 
 
@@ -147,11 +147,11 @@ def test_the_span_prefilter_never_turns_away_a_region_with_a_span(shared: list[s
     characters, gaps near the bridging limit)."""
     query = "".join(gap + piece for gap, piece in zip(query_gaps, shared, strict=False))
     source = "".join(gap + piece for gap, piece in zip(source_gaps, shared, strict=False))
-    checked = detect._Query(query)
+    checked = _align.Query(query)
     normal = normalise(source)
     hint = np.array([(q, d) for q, d in hints if q < len(query) and d < len(source)], dtype=np.int64).reshape(-1, 2)
-    spans = [span for stretch in detect._stretches(detect._seeds(checked, normal, hint))
-             for span in detect._verify(query, normal, 0, stretch)]
+    spans = [span for stretch in _align.stretches(_align.seeds(checked, normal, hint))
+             for span in _align.verify(query, normal, 0, stretch)]
     hypothesis.event("has a span" if spans else "no span")
     if spans:
         assert checked.may_share_span(normal.text)

@@ -19,7 +19,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.support.helpers import BACK, FRONT, piece, records_longer_than, write_jsonl
 from textguard import Settings
 from textguard.report import render
-from textguard.scan import ScanOptions, read_results, run_scan, summarise
+from textguard.scan import ScanOptions, read_results, run_scan
+from textguard.summary import summarise
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")

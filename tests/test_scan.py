@@ -16,7 +16,8 @@ import pytest
 from tests.support.helpers import BACK, FRONT, piece, records_longer_than, run, write_jsonl
 from textguard import Settings
 from textguard.normalise import normalise
-from textguard.scan import Malformed, ScanError, ScanOptions, read_items, read_results, run_scan, summarise
+from textguard.scan import Malformed, ScanError, ScanOptions, read_items, read_results, run_scan
+from textguard.summary import summarise
 
 
 def mixed(corpus_records: list[dict], negative_records: list[dict], count: int) -> list[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from textguard import probe, report, scan, telemetry
+from textguard import probe, report, scan, summary, telemetry
 from textguard._redis import connect_sync, unavailable_on_error
 from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, check_files, documents_in
@@ -316,12 +316,12 @@ def _scan(args: argparse.Namespace) -> int:
                 bar.write("textguard: further malformed lines are counted in the summary", file=sys.stderr)
 
         counts = scan.run_scan(settings, options, progress=bar.update, on_malformed=malformed)
-    summary = scan.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars)
+    totals = summary.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars)
     summary_path = args.summary or options.out.with_name(options.out.stem + ".summary.json")
-    summary_path.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    summary_path.write_text(json.dumps(totals, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.report:
-        report.write_report(args.report, scan.read_results(options.out), summary, source=args.input)
-    print(json.dumps(summary, ensure_ascii=False) if args.json else scan.format_summary(summary))
+        report.write_report(args.report, scan.read_results(options.out), totals, source=args.input)
+    print(json.dumps(totals, ensure_ascii=False) if args.json else summary.format_summary(totals))
     return 0
 
 

@@ -16,15 +16,13 @@ import json
 import logging
 import multiprocessing
 import sys
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any, Literal
-
-import numpy as np
 
 from textguard._iterate import batched
 from textguard.copying import LITERAL_ROUGE_L, MIN_RUN, compare, compare_normalised, coverage
@@ -37,21 +35,17 @@ from textguard.settings import Settings
 from textguard.store import DocumentRegion
 
 __all__ = [
-    "Malformed", "ScanError", "ScanOptions", "count_lines", "ensure_ready", "format_summary",
-    "read_items", "read_results", "run_scan", "summarise",
+    "Malformed", "Record", "RunCounts", "ScanError", "ScanOptions", "count_lines", "ensure_ready",
+    "read_items", "read_results", "run_scan",
 ]
 
 logger = logging.getLogger(__name__)
 
 CONTEXT_CHARS = 60
 """Source text kept on each side of the copied stretch, for showing it in the report."""
-LONGEST_RUN_EDGES = (1, 13, 25, 50, 100, 200, 500)
-"""Bucket edges of the longest-run distribution (normalised characters)."""
 REDIS_TIMEOUT_S = 30.0
 """Socket timeout of a scan's reads: a batch's replies are large, and no one waits on one answer,
 so a slow reply (a busy server) should not stop a scan the way it fails a request fast."""
-_MALFORMED_KEPT = 100  # malformed line numbers listed in the summary
-_TOP_WORKS = 20
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 InputFormat = Literal["auto", "jsonl", "text"]
@@ -434,97 +428,3 @@ def _run(settings: Settings, options: ScanOptions, stdin: IO[bytes] | None,
             if progress is not None:
                 progress(len(records))
     return counts
-
-
-# ---------------------------------------------------------------- summary
-
-def summarise(records: Iterable[Record], counts: RunCounts | None = None, *, quote_chars: int) -> dict[str, Any]:
-    """Totals over result records: verdict rates, the longest-run distribution, most-copied works,
-    and for probes (records with reference metrics) the literal-copying rate."""
-    verdicts: Counter[str] = Counter()
-    longest: list[int] = []
-    coverages: list[float] = []
-    works: dict[str, dict[str, Any]] = {}
-    probes: list[dict[str, Any]] = []
-    for record in records:
-        verdicts[record["verdict"]] += 1
-        longest.append(int(record["metrics"]["longest_run"]))
-        coverages.append(float(record["metrics"]["coverage"]))
-        for name in {_work_of(m) for m in record["matches"]}:
-            works.setdefault(name, {"work": name, "author": "", "answers": 0, "copied_chars": 0})["answers"] += 1
-        for m in record["matches"]:
-            works[_work_of(m)]["author"] = m["author"]
-            works[_work_of(m)]["copied_chars"] += m["chars"]
-        if "reference_metrics" in record:
-            probes.append(record["reference_metrics"])
-    answers = sum(verdicts.values())
-    runs = np.asarray(longest or [0])
-    summary: dict[str, Any] = {
-        "answers": answers,
-        "verdicts": {kind: verdicts[kind] for kind in ("allow", "rewrite", "block")},
-        "rates": {kind: _rate(verdicts[kind], answers) for kind in ("rewrite", "block")}
-        | {"flagged": _rate(verdicts["rewrite"] + verdicts["block"], answers)},
-        "longest_run": {
-            "buckets": _buckets(longest, quote_chars),
-            "p50": int(np.percentile(runs, 50)), "p90": int(np.percentile(runs, 90)),
-            "p99": int(np.percentile(runs, 99)), "max": int(runs.max()),
-            "at_least_quote_chars": int((runs >= quote_chars).sum()), "quote_chars": quote_chars},
-        "coverage_mean": round(float(np.mean(coverages)), 4) if coverages else 0.0,
-        "works": sorted(works.values(), key=lambda w: (-w["copied_chars"], -w["answers"], w["work"]))[:_TOP_WORKS],
-    }
-    if probes:
-        literal = sum(1 for p in probes if p["literal_copy"])
-        summary["probes"] = {
-            "answers": len(probes), "literal_copies": literal, "literal_copy_rate": _rate(literal, len(probes)),
-            "rouge_l_threshold": LITERAL_ROUGE_L,
-            "rouge_l_mean": round(float(np.mean([p["rouge_l"] for p in probes])), 4),
-            "longest_run_mean": round(float(np.mean([p["longest_run"] for p in probes])), 2)}
-    if counts is not None:
-        summary["run"] = {"scanned": counts.scanned, "resumed": counts.resumed, "malformed": len(counts.malformed),
-                          "malformed_lines": [m.line for m in counts.malformed[:_MALFORMED_KEPT]]}
-    return summary
-
-
-def _work_of(match: dict[str, Any]) -> str:
-    """`policy.work_name` of a match read back from a result line."""
-    return str(match["work"] or match["title"] or match["doc_id"])
-
-
-def _rate(part: int, whole: int) -> float:
-    return round(part / whole, 4) if whole else 0.0
-
-
-def _buckets(longest: Sequence[int], quote_chars: int) -> list[dict[str, Any]]:
-    edges = sorted({*LONGEST_RUN_EDGES, quote_chars})
-    counts = Counter(int(np.searchsorted(edges, value, side="right")) for value in longest)
-    buckets = [{"label": "0", "from": 0, "to": 0, "answers": counts[0]}]
-    for i, low in enumerate(edges):
-        high = edges[i + 1] - 1 if i + 1 < len(edges) else None
-        label = f"{low}–{high}" if high is not None else f"≥{low}"
-        buckets.append({"label": label, "from": low, "to": high, "answers": counts[i + 1]})
-    return buckets
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a few lines for a terminal."""
-    s = summary
-    lines = [f"answers: {s['answers']:,}  allow {s['verdicts']['allow']:,}  rewrite {s['verdicts']['rewrite']:,} "
-             f"({s['rates']['rewrite']:.1%})  block {s['verdicts']['block']:,} ({s['rates']['block']:.1%})"]
-    if "run" in s:
-        run = s["run"]
-        lines.append(f"this run: scanned {run['scanned']:,}, already done {run['resumed']:,}, "
-                     f"malformed lines {run['malformed']:,}")
-    runs = s["longest_run"]
-    lines.append(f"longest verbatim run (chars): p50 {runs['p50']}, p90 {runs['p90']}, p99 {runs['p99']}, "
-                 f"max {runs['max']}; {runs['at_least_quote_chars']:,} answers at or above {runs['quote_chars']}")
-    lines.append("  " + "  ".join(f"{b['label']}: {b['answers']:,}" for b in runs["buckets"]))
-    if s["works"]:
-        lines.append("most copied works:")
-        lines.extend(f"  《{w['work']}》 {w['author']}: {w['copied_chars']:,} chars in {w['answers']:,} answers"
-                     for w in s["works"][:10])
-    if "probes" in s:
-        p = s["probes"]
-        lines.append(f"probes: {p['answers']:,} answers with a reference; literal copies (ROUGE-L >= "
-                     f"{p['rouge_l_threshold']}) {p['literal_copies']:,} ({p['literal_copy_rate']:.1%}); "
-                     f"mean ROUGE-L {p['rouge_l_mean']:.3f}")
-    return "\n".join(lines)
