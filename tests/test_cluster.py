@@ -18,6 +18,7 @@ from tests.support.redis_admin import admin_client, band_content, index_keys, un
 from tests.support.redis_cluster import LocalCluster
 from textguard import CheckSkipped, ConfigError, Corpus, Guard, Settings
 from textguard._redis import parse_cluster_url
+from textguard.ingest import add_files
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -61,7 +62,7 @@ def test_cluster_gives_the_results_of_one_redis(settings: Settings, cluster_sett
     assert added.returncode == 0, added.stderr
     assert f"added {len(corpus_records)}," in added.stdout
     with Corpus(settings) as corpus:
-        corpus.add_files([source])
+        add_files(corpus, [source])
         single_stats = corpus.stats()
     cluster_stats = json.loads(run(cluster_settings, "corpus", "stats", "--json").stdout)
     assert _comparable(cluster_stats) == _comparable(single_stats)

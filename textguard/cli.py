@@ -17,9 +17,10 @@ from tqdm import tqdm
 from textguard import probe, report, scan, summary, telemetry
 from textguard._redis import connect_sync, unavailable_on_error
 from textguard.audit import AuditReader, write_entries
-from textguard.corpus import Corpus, check_files, documents_in
+from textguard.corpus import Corpus, FieldNames
 from textguard.errors import ConfigError, TextGuardError
 from textguard.guard import Guard
+from textguard.ingest import FORMATS, ReadOptions, add_files, input_bytes
 from textguard.policy import Verdict
 from textguard.settings import Settings
 
@@ -43,11 +44,29 @@ def _parser() -> argparse.ArgumentParser:
 
     corpus_parser = commands.add_parser("corpus", help="manage the protected corpus")
     corpus = corpus_parser.add_subparsers(dest="action", required=True)
-    add = corpus.add_parser("add", help="index .txt (one work per file) or .jsonl files")
-    add.add_argument("paths", nargs="+", type=Path)
+    add = corpus.add_parser("add", help="index files and folders of them (text in any common Chinese encoding, "
+                                         "EPUB, DOCX, HTML, Markdown, PDF, JSONL[.gz|.zst], CSV, Parquet)",
+                            description="Read are: " + ", ".join(sorted(FORMATS)) + ". A file that cannot be "
+                                        "read is reported and skipped; the exit status is 1 if any was.")
+    add.add_argument("paths", nargs="+", type=Path, help="files, or folders (walked recursively)")
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add.add_argument("--workers", type=_positive, default=1,
                      help="processes that segment, sketch and write (default 1)")
+    add.add_argument("--dry-run", action="store_true",
+                     help="read everything and print the inventory (files, documents, problems); write nothing")
+    add.add_argument("--json", action="store_true", help="print the inventory and counts as one JSON object")
+    add.add_argument("--public-domain", action="store_true",
+                     help="these texts anyone may reproduce: a quotation of them is never flagged, even where a "
+                          "protected work quotes them too")
+    add.add_argument("--encoding", help="read text, CSV and HTML files in this encoding (default: detected per "
+                                        "file among UTF-8/16/32, GB18030 and Big5)")
+    add.add_argument("--include", action="append", default=[], metavar="GLOB",
+                     help="in folders, read only files matching GLOB (repeatable), e.g. '*.epub'")
+    add.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                     help="in folders, pass over files matching GLOB (repeatable)")
+    for name in ("id", "text", "title", "author", "work"):
+        add.add_argument(f"--{name}-field", default=name, metavar="NAME",
+                         help=f"JSONL, CSV and Parquet: the field holding the {name} (default: {name})")
     remove = corpus.add_parser("remove", help="take documents down (nothing of them stays in Redis)")
     remove.add_argument("ids", nargs="+")
     listing = corpus.add_parser("list", help="list indexed documents")
@@ -165,18 +184,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _corpus_add(args: argparse.Namespace, settings: Settings) -> int:
+    fields = FieldNames(args.id_field, args.text_field, args.title_field, args.author_field, args.work_field)
+    options = ReadOptions(encoding=args.encoding, include=tuple(args.include), exclude=tuple(args.exclude),
+                          fields=fields, public_domain=args.public_domain)
+    with tqdm(total=input_bytes(args.paths, options), unit="B", unit_scale=True, file=sys.stderr,
+              desc="reading" if args.dry_run else "indexing", disable=args.quiet) as bar:
+        if args.dry_run:
+            report, inventory = add_files(None, args.paths, options, progress=bar.update)
+        else:
+            with Corpus(settings) as corpus:
+                report, inventory = add_files(corpus, args.paths, options, progress=bar.update,
+                                              workers=args.workers)
+    if args.json:
+        counts = {} if args.dry_run else {"added": report.added, "replaced": report.replaced,
+                                          "unchanged": report.unchanged, "characters": report.characters}
+        print(json.dumps({**counts, "inventory": inventory.to_dict()}, ensure_ascii=False))
+    else:
+        print(inventory.summary())
+        if not args.dry_run:
+            print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
+                  f"({report.characters:,} characters)")
+    return EXIT_ERROR if inventory.problems else 0
+
+
 def _corpus(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.action == "add":
-        # read every file through once first: bad input must fail before anything is indexed
-        total = check_files(args.paths)
-        with Corpus(settings) as corpus, tqdm(total=total, unit="char", unit_scale=True, desc="indexing",
-                                               disable=args.quiet, file=sys.stderr) as bar:
-            report = corpus.add(documents_in(args.paths), progress=bar.update, workers=args.workers,
-                                expected_chars=total)
-        print(f"added {report.added}, replaced {report.replaced}, unchanged {report.unchanged} "
-              f"({report.characters:,} characters)")
-        return 0
+        return _corpus_add(args, settings)
     with Corpus(settings) as corpus:
         if args.action == "remove":
             missing = corpus.remove(args.ids)
@@ -189,8 +224,9 @@ def _corpus(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(meta, ensure_ascii=False))
                 else:
-                    print("\t".join([meta["id"], meta.get("work", ""), meta.get("title", ""),
-                                     meta.get("author", ""), str(meta.get("chars", ""))]))
+                    print("\t".join([meta["id"], meta.get("work", ""), meta.get("title", ""), meta.get("author", ""),
+                                     str(meta.get("chars", "")),
+                                     "public domain" if meta.get("public_domain") else ""]).rstrip("\t"))
             return 0
         stats = corpus.stats()
         if args.json:

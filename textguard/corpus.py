@@ -1,4 +1,4 @@
-"""The protected corpus: reading corpus files, adding, removing and listing documents.
+"""The protected corpus: adding, removing and listing documents (files are read by `ingest`).
 
 Adding is atomic per document: its text and band entries are written under a fresh internal
 number, and one commit script makes that number live (replacing any earlier version). A writer
@@ -17,9 +17,8 @@ import multiprocessing
 import queue
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +32,7 @@ from textguard.sketching import TextSketcher
 from textguard.store import SHARDS, DocumentMeta, IndexWriter, StagedDocument, small_hash_limit
 
 __all__ = [
-    "AddReport", "Corpus", "Document", "check_files", "document_from_record", "documents_in",
-    "read_documents",
+    "AddReport", "Corpus", "Document", "FieldNames", "document_from_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,7 +45,11 @@ _FEW_FILTER_BITS = 6  # per band entry: below this, 8% of absent keys and more p
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One protected text: `doc_id` is unique in the index; `extra` keeps other JSONL fields."""
+    """One text of the index: `doc_id` is unique in it; `extra` keeps the record's other fields.
+
+    A `public_domain` text is one anyone may reproduce (an old poem, a statute): it is indexed
+    so that a quotation of it is never flagged, even where a protected work quotes it too.
+    """
 
     doc_id: str
     text: str
@@ -55,12 +57,15 @@ class Document:
     author: str = ""
     work: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    public_domain: bool = False
 
     def meta(self) -> DocumentMeta:
         meta: DocumentMeta = {"id": self.doc_id, "title": self.title, "author": self.author,
-                                "work": self.work, "chars": len(self.text)}
+                              "work": self.work, "chars": len(self.text)}
         if self.extra:
             meta["extra"] = self.extra
+        if self.public_domain:
+            meta["public_domain"] = True
         meta["sha256"] = hashlib.sha256(json.dumps([meta, self.text], ensure_ascii=False,
                                                    sort_keys=True).encode()).hexdigest()
         return meta
@@ -82,65 +87,40 @@ class AddReport:
     characters: int = 0
 
 
-def read_documents(path: Path) -> Iterator[Document]:
-    """Documents of a .txt file (one work, id = file stem) or a .jsonl file (one per line).
+@dataclass(frozen=True, slots=True)
+class FieldNames:
+    """Which field of a record holds what (CSV and Parquet columns are seldom named `id`, `text`)."""
 
-    Raises CorpusInputError naming the file and line of the first bad input.
-    """
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            with path.open("rb") as handle:
-                for number, raw in enumerate(handle, start=1):
-                    if raw.strip():
-                        yield _document_from_line(path, number, raw)
-        elif suffix == ".txt":
-            text = path.read_bytes().decode("utf-8-sig")
-            yield Document(doc_id=path.stem, text=text, title=path.stem)
-        else:
-            raise CorpusInputError(f"{path}: unsupported file type {suffix or '(none)'}; use .txt or .jsonl")
-    except UnicodeDecodeError as exc:
-        raise CorpusInputError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise CorpusInputError(f"{path}: cannot read ({exc.strerror})") from exc
+    id: str = "id"
+    text: str = "text"
+    title: str = "title"
+    author: str = "author"
+    work: str = "work"
 
 
-def documents_in(paths: Sequence[Path]) -> Iterator[Document]:
-    return (doc for path in paths for doc in read_documents(path))
-
-
-def check_files(paths: Sequence[Path]) -> int:
-    """Read corpus files through once, raising on the first bad input; returns their characters."""
-    return sum(len(doc.text) for doc in documents_in(paths))
-
-
-def _document_from_line(path: Path, number: int, raw: bytes) -> Document:
-    where = f"{path}:{number}"
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CorpusInputError(f"{where}: not UTF-8 ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise CorpusInputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-    return document_from_record(record, where)
-
-
-def document_from_record(record: Any, where: str) -> Document:
-    """A Document from one JSON record (`id`, `text`, optional `title`, `author`, `work`; other
-    fields are kept as metadata). `where` names the record in the error message."""
+def document_from_record(record: Any, where: str, fields: FieldNames = FieldNames(),
+                         public_domain: bool = False) -> Document:
+    """A Document from one record (`id`, `text`, optional `title`, `author`, `work` and
+    `public_domain`, under the names `fields` gives; other fields are kept as metadata).
+    `where` names the record in the error message."""
     if not isinstance(record, dict):
         raise CorpusInputError(f"{where}: expected a JSON object")
     record = dict(record)
-    doc_id, text = record.pop("id", None), record.pop("text", None)
+    doc_id, text = record.pop(fields.id, None), record.pop(fields.text, None)
     if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
-        raise CorpusInputError(f"{where}: missing or invalid 'id' (a non-empty string or integer)")
+        raise CorpusInputError(f"{where}: missing or invalid '{fields.id}' (a non-empty string or integer)")
     if not isinstance(text, str):
-        raise CorpusInputError(f"{where}: missing or invalid 'text' (a string)")
-    meta = {key: record.pop(key, "") for key in _META_FIELDS}
+        raise CorpusInputError(f"{where}: missing or invalid '{fields.text}' (a string)")
+    meta = {key: record.pop(getattr(fields, key), "") for key in _META_FIELDS}
     for key, value in meta.items():
-        if not isinstance(value, str):
-            raise CorpusInputError(f"{where}: '{key}' must be a string")
-    return Document(doc_id=str(doc_id), text=text, extra=record, **meta)
+        if value is None:
+            meta[key] = ""
+        elif not isinstance(value, str):
+            raise CorpusInputError(f"{where}: '{getattr(fields, key)}' must be a string")
+    marked = record.pop("public_domain", False)
+    if not isinstance(marked, bool):
+        raise CorpusInputError(f"{where}: 'public_domain' must be true or false")
+    return Document(doc_id=str(doc_id), text=text, extra=record, public_domain=public_domain or marked, **meta)
 
 
 class Corpus:
@@ -178,7 +158,8 @@ class Corpus:
                 self._writer.purge(number, None, 0, committed)
             else:
                 meta, text = stored
-                self._writer.purge(number, self._staged_keys(text), int(meta.get("chars", len(text))), committed)
+                self._writer.purge(number, self._staged_keys(text), int(meta.get("chars", len(text))), committed,
+                                   meta.get("public_domain", False))
             purged += 1
         if purged:
             logger.info("purged %d interrupted or withdrawn document version(s)", purged)
@@ -192,7 +173,7 @@ class Corpus:
         """Index `documents`: new ids are added, changed texts replace, unchanged ones are skipped.
 
         `workers` > 1 segments, sketches and writes in that many processes. `expected_chars`
-        (what is about to be added) sizes a new index's buckets; `add_files` knows it.
+        (what is about to be added) sizes a new index's buckets; `ingest.add_files` estimates it.
         """
         self._prepare(expected_chars)
         if workers > 1:
@@ -299,11 +280,6 @@ class Corpus:
             self.recover()  # purges the versions just replaced
         return busy
 
-    def add_files(self, paths: Sequence[Path], progress: Callable[[int], object] | None = None, *,
-                  workers: int = 1) -> AddReport:
-        """Index corpus files after checking every line of them, so bad input indexes nothing."""
-        return self.add(documents_in(paths), progress, workers=workers, expected_chars=check_files(paths))
-
     def remove(self, doc_ids: Iterable[str]) -> list[str]:
         """Take documents down; returns the ids that were not in the index."""
         self._prepare()
@@ -325,7 +301,8 @@ class Corpus:
                     yield meta
 
     def stats(self) -> dict[str, Any]:
-        """documents, characters, windows (band entries), redis_bytes, bytes_per_char, pending,
+        """documents (and how many of them are public domain), characters, windows (band
+        entries), redis_bytes, bytes_per_char, pending,
         and how full the band buckets are (entries_per_bucket against small_hash_limit)."""
         self._prepare()
         with unavailable_on_error():
@@ -337,6 +314,7 @@ class Corpus:
         return {
             "index": self.settings.index,
             "documents": counters["documents"],
+            "public_domain_documents": counters.get("public_domain", 0),
             "characters": characters,
             "windows": counters.get("entries", 0),
             "redis_bytes": redis_bytes,

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx2
@@ -23,11 +24,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from textguard._asgi import ASGIApp
-from textguard.corpus import Corpus, Document, document_from_record
+from textguard.corpus import Corpus, Document
+from textguard.ingest import Inventory, ReadOptions, find_sources, read_sources
 from textguard.serve.server import Server, create_app, run_on_server_loop, stop_on_signals, uvicorn_config
 from textguard.settings import Settings
 
-__all__ = ["create_model_app", "run_demo", "sample_documents"]
+__all__ = ["create_model_app", "run_demo", "sample_books"]
 
 DEMO_INDEX = "demo"
 MODEL_NAME = "demo-model"
@@ -35,11 +37,11 @@ CHUNK_CHARS = 2  # about one token of Chinese
 CHUNK_DELAY_S = 0.02  # so that streaming is visible
 
 
-def sample_documents() -> list[Document]:
-    """The sample protected works shipped with the package."""
-    lines = resources.files("textguard").joinpath("samples/works.jsonl").read_text("utf-8").splitlines()
-    return [document_from_record(json.loads(line), f"samples/works.jsonl:{n}")
-            for n, line in enumerate(lines, start=1) if line.strip()]
+def sample_books() -> Path:
+    """The folder of sample works shipped with the package: original prose written for this
+    demo (treated as protected), as an EPUB, a Word document and a GB18030 text file, the way a
+    publisher's files come."""
+    return Path(str(resources.files("textguard").joinpath("samples/books")))
 
 
 def scripted_answer(question: str, works: dict[str, Document]) -> str:
@@ -161,11 +163,15 @@ The demo model answers unguarded at {model_url}/v1 (compare). Press Ctrl-C to st
 def run_demo(settings: Settings, out: TextIO = sys.stdout) -> None:
     """Index the samples, serve the demo model and the guarded proxy until SIGINT or SIGTERM."""
     settings = settings.replace(index=DEMO_INDEX, expose_matches=True)
-    documents = sample_documents()
+    books = sample_books()
+    sources, _, _ = find_sources([books], ReadOptions())
+    inventory = Inventory()
+    documents = list(read_sources(sources, inventory))
     with Corpus(settings) as corpus:
         corpus.add(documents)
-    print(f"Indexed {len(documents)} sample protected works into index '{DEMO_INDEX}'.", file=out)
-    run_on_server_loop(_serve(settings, {d.work: d for d in documents}, out))
+    print(f"Indexed the sample protected works in {books} into index '{DEMO_INDEX}', as "
+          f"`textguard corpus add {books}` does:\n{inventory.summary()}", file=out)
+    run_on_server_loop(_serve(settings, {d.work or d.title: d for d in documents}, out))
     print("textguard demo stopped.", file=out)
 
 

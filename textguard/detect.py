@@ -5,7 +5,7 @@ hits are convincing (several in line, or many). Its text around the hits is fetc
 best candidates, most of the chapter) but first verified only close to the hits, since most
 candidates are chance; where that finds a copy, the whole fetched text is verified
 (`_align`). Overlapping spans of one document merge; where documents overlap, the best one is
-kept.
+kept; and what a public-domain document holds is never a copy.
 """
 
 from __future__ import annotations
@@ -239,6 +239,39 @@ def _fetch_ranges(doc_hits: list[tuple[int, int]], wide: bool) -> list[tuple[int
     return _clusters(doc_hits, _FETCH)
 
 
+def _outside_public_domain(length: int, merged: list[tuple[int, Span]],
+                           metas: dict[int, DocumentMeta]) -> list[tuple[int, Span]]:
+    """The spans of protected documents, less what a public-domain document also holds: text
+    anyone may reproduce is never a copy, even of a work that quotes it. What a protected span
+    holds around the quotation still counts, in pieces long enough to report."""
+    free = np.zeros(length, dtype=bool)
+    for number, span in merged:
+        if metas[number].get("public_domain"):
+            free[span.q_start:span.q_end] = True
+    kept = []
+    for number, span in merged:
+        if metas[number].get("public_domain"):
+            continue
+        inside = ~free[span.q_start:span.q_end]
+        if inside.all():
+            kept.append((number, span))
+            continue
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], inside, [False]]).astype(np.int8)))
+        for begin, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            if end - begin >= _MIN_REPORTED:
+                kept.append((number, _piece(span, begin, end)))
+    return kept
+
+
+def _piece(span: Span, begin: int, end: int) -> Span:
+    """Part [begin, end) of `span` (offsets into it), its source range and counts in proportion."""
+    width = max(span.q_end - span.q_start, 1)
+    share = (end - begin) / width
+    source = span.d_end - span.d_start
+    return Span(span.q_start + begin, span.q_start + end, span.d_start + source * begin // width,
+                 span.d_start + source * end // width, round(span.d_chars * share), round(span.matched * share),
+                 min(span.longest, end - begin))
+
 def _resolve(normalised: Normalised, spans_by_doc: dict[int, list[Span]],
              metas: dict[int, DocumentMeta]) -> list[Match]:
     """Merge overlapping spans of one document; where documents overlap, keep the best."""
@@ -261,6 +294,8 @@ def _resolve(normalised: Normalised, spans_by_doc: dict[int, list[Span]],
         if current is not None:
             merged.append((number, current))
     merged = [(number, span) for number, span in merged if span.matched >= _MIN_REPORTED]
+    if any(metas[number].get("public_domain") for number, _ in merged):
+        merged = _outside_public_domain(len(normalised.text), merged, metas)
     merged.sort(key=lambda item: item[1].matched, reverse=True)
     chosen: list[tuple[int, Span]] = []
     covered = np.zeros(len(normalised.text), dtype=bool)

@@ -102,12 +102,16 @@ _SCHEMAS: dict[str, Any] = {
     "Document": {
         "type": "object", "required": ["id", "text"],
         "properties": {"id": {"type": "string", "minLength": 1}, "text": {"type": "string"},
-                       "title": {"type": "string"}, "author": {"type": "string"}, "work": {"type": "string"}},
+                       "title": {"type": "string"}, "author": {"type": "string"}, "work": {"type": "string"},
+                       "public_domain": {"type": "boolean", "description": "Anyone may reproduce this text: a "
+                                         "quotation of it is never flagged."}},
         "additionalProperties": True,
     },
     "AddDocuments": {
         "type": "object", "required": ["documents"],
-        "properties": {"documents": {"type": "array", "minItems": 1, "items": _ref("Document")}},
+        "properties": {"documents": {"type": "array", "minItems": 1, "items": _ref("Document")},
+                       "public_domain": {"type": "boolean", "description": "Every document given is public "
+                                         "domain (as `corpus add --public-domain`)."}},
     },
     "AddReport": {
         "type": "object", "required": ["added", "replaced", "unchanged", "characters"],
@@ -124,7 +128,8 @@ _SCHEMAS: dict[str, Any] = {
     "Stats": {
         "type": "object", "required": ["documents", "characters", "windows", "redis_bytes"],
         "properties": {"index": {"type": "string"}, "documents": {"type": "integer"},
-                       "characters": {"type": "integer"}, "windows": {"type": "integer"},
+                       "public_domain_documents": {"type": "integer"}, "characters": {"type": "integer"},
+                       "windows": {"type": "integer"},
                        "redis_bytes": {"type": "integer"}, "bytes_per_char": {"type": "number"},
                        "pending": {"type": "integer"}, "parameters": {"type": "object"}},
     },

@@ -149,7 +149,11 @@ class CheckAPI:
         records = payload.get("documents")
         if not isinstance(records, list) or not records:
             raise _BadRequest("'documents' must be a non-empty list of {id, text, ...} objects")
-        documents = [document_from_record(r, f"documents[{i}]") for i, r in enumerate(records)]
+        public_domain = payload.get("public_domain", False)
+        if not isinstance(public_domain, bool):
+            raise _BadRequest("'public_domain' must be true or false")
+        documents = [document_from_record(r, f"documents[{i}]", public_domain=public_domain)
+                     for i, r in enumerate(records)]
         report = await self._in_thread(lambda corpus: corpus.add(documents))
         return JSONResponse({"added": report.added, "replaced": report.replaced, "unchanged": report.unchanged,
                              "characters": report.characters})

@@ -60,6 +60,7 @@ class DocumentMeta(TypedDict, total=False):
     work: str
     chars: int
     extra: dict[str, Any]  # the input record's other fields
+    public_domain: bool  # anyone may reproduce it: its text is never flagged (absent: False)
     sha256: str  # of the record and text: an unchanged document is not written again
 
 

@@ -86,7 +86,8 @@ end
 return out
 """.replace("%(shards)d", str(SHARDS))
 
-# KEYS: docs, live, pending, stats, versions. ARGV: id, number, chars, entries, writer. Makes `number` the
+# KEYS: docs, live, pending, stats, versions. ARGV: id, number, chars, entries, writer, public domain
+# ("1" or "0": counted apart, for stats). Makes `number` the
 # live version of `id`; the version it replaces is queued in pending for purging. Returns it or
 # nil; -1 if this writer no longer holds the lease on `number` (another writer is purging it).
 COMMIT = """
@@ -111,6 +112,7 @@ redis.call('HDEL', pending, number)
 redis.call('HINCRBY', stats, 'characters', ARGV[3])
 redis.call('HINCRBY', stats, 'entries', ARGV[4])
 redis.call('HINCRBY', stats, 'generation', 1)
+if ARGV[6] == '1' then redis.call('HINCRBY', stats, 'public_domain', 1) end
 if old and old ~= number then
   redis.call('HDEL', live, old)
   redis.call('HSET', pending, old, cjson.encode({id = id, lease = 0, committed = true}))

@@ -126,7 +126,8 @@ class IndexWriter:
         """
         keys = [self._layout.docs, self._layout.live, self._layout.pending, self._layout.stats, self._layout.versions]
         replies = self._pipelined(self._commit, [
-            (keys, [doc.doc_id, doc.number, len(doc.text), distinct(doc.band_keys), self.token])
+            (keys, [doc.doc_id, doc.number, len(doc.text), distinct(doc.band_keys), self.token,
+                    "1" if doc.meta.get("public_domain") else "0"])
             for doc in documents])
         lost = [doc.doc_id for doc, reply in zip(documents, replies, strict=True) if reply == -1]
         if lost:
@@ -164,7 +165,8 @@ class IndexWriter:
         chunks = sorted((int(k[1:]), v) for k, v in values.items())
         return meta, "".join(unpack_text(v) for _, v in chunks)
 
-    def purge(self, number: int, band_keys: np.ndarray | None, characters: int, committed: bool) -> None:
+    def purge(self, number: int, band_keys: np.ndarray | None, characters: int, committed: bool,
+              public_domain: bool = False) -> None:
         """Delete every trace of document `number` (its band keys come from its stored text).
 
         Postings go first and the pending record last, so a purge cut short is resumed by the
@@ -180,6 +182,8 @@ class IndexWriter:
         if committed and band_keys is not None:
             pipe.hincrby(self._layout.stats, "entries", -distinct(band_keys))
             pipe.hincrby(self._layout.stats, "characters", -characters)
+            if public_domain:
+                pipe.hincrby(self._layout.stats, "public_domain", -1)
         pipe.hdel(self._layout.pending, str(number))
         pipe.execute()
 
