@@ -8,6 +8,7 @@ check naming the right document.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import json
@@ -20,12 +21,13 @@ import pyarrow.parquet as pq
 import zstandard
 
 from tests.support.documents import write_docx, write_epub, write_pdf
-from tests.support.helpers import BACK, FRONT, run
+from tests.support.helpers import BACK, FRONT, longest_shared_run, run
 from tests.support.servers import serve
-from textguard import Corpus, Guard, Settings
+from textguard import Corpus, Document, Guard, Settings
 from textguard.corpus import FieldNames
 from textguard.ingest import Inventory, ReadOptions, add_files
 from textguard.serve.server import create_app
+from textguard.stream import GuardedStream
 
 RARE = "𠮷野家的䶮字"  # outside the Basic Multilingual Plane, and a CJK Extension A character
 
@@ -240,3 +242,31 @@ def test_the_admin_api_adds_public_domain_documents(settings: Settings, corpus_r
                               json={"text": FRONT + classical["text"][500:800] + BACK}).json()
     assert stats["public_domain_documents"] == 1
     assert checked["verdict"] == "allow" and checked["matches"] == []
+
+
+def test_a_stream_quoting_public_domain_text_passes_and_one_copying_the_work_does_not(
+        settings: Settings, corpus_records: list[dict]) -> None:
+    classical = next(r for r in corpus_records if r["id"].startswith("classical/") and len(r["text"]) > 3000)
+    modern = _long([r for r in corpus_records if not r["id"].startswith("classical/")], 1, 4000)[0]
+    passage = classical["text"][1000:1200]
+    essay = _quoting(modern["text"], passage)
+    with Corpus(settings) as corpus:
+        corpus.add([Document("essay", essay, "随笔"), Document("classic", classical["text"], public_domain=True)])
+    middle = len(modern["text"]) // 2
+
+    async def streamed(text: str) -> str:
+        guard = Guard(settings)
+        try:
+            stream = GuardedStream(guard)
+            released = [(await stream.feed(text[i:i + 3])).text for i in range(0, len(text), 3)]
+            released.append((await stream.finish()).text)
+            assert stream.skipped is None
+            return "".join(released)
+        finally:
+            await guard.aclose()
+
+    quotation = FRONT + passage + BACK
+    assert asyncio.run(streamed(quotation)) == quotation
+    copying = FRONT + essay[middle - 300:middle] + BACK  # the essay's own text, just before its quotation
+    released = asyncio.run(streamed(copying))
+    assert "出自《随笔》" in released and longest_shared_run(released, essay) <= settings.quote_chars
