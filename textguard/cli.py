@@ -23,6 +23,7 @@ from textguard.guard import Guard
 from textguard.ingest import FORMATS, ReadOptions, add_files, input_bytes
 from textguard.policy import Verdict
 from textguard.settings import Settings
+from textguard.store import DocumentMeta
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "main"]
 
@@ -208,6 +209,13 @@ def _corpus_add(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_ERROR if inventory.problems else 0
 
 
+def _terms(meta: DocumentMeta) -> str:
+    """What sets a document apart from the settings, for `corpus list`."""
+    terms = ["public domain"] if meta.get("public_domain") else []
+    terms += [f"{name}={meta[name]}" for name in ("policy", "quote_chars") if meta.get(name)]
+    return " ".join(terms)
+
+
 def _corpus(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.action == "add":
@@ -225,8 +233,7 @@ def _corpus(args: argparse.Namespace) -> int:
                     print(json.dumps(meta, ensure_ascii=False))
                 else:
                     print("\t".join([meta["id"], meta.get("work", ""), meta.get("title", ""), meta.get("author", ""),
-                                     str(meta.get("chars", "")),
-                                     "public domain" if meta.get("public_domain") else ""]).rstrip("\t"))
+                                     str(meta.get("chars", "")), _terms(meta)]).rstrip("\t"))
             return 0
         stats = corpus.stats()
         if args.json:

@@ -38,6 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _META_FIELDS = ("title", "author", "work")
+_MAX_QUOTE = 10_000  # a quotation limit beyond this is a mistake, not a licence
 _BATCH_CHARS = 200_000
 _FULL_BUCKETS = 0.75  # of the small-hash limit: past this, buckets start to lose their compact encoding
 _FEW_FILTER_BITS = 6  # per band entry: below this, 8% of absent keys and more pass the key filter
@@ -58,6 +59,8 @@ class Document:
     work: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     public_domain: bool = False
+    policy: str = ""  # terms for this text: "allow" (licensed: never flagged), "block" (any copy blocks)
+    quote_chars: int = 0  # its own quotation limit (0: the settings')
 
     def meta(self) -> DocumentMeta:
         meta: DocumentMeta = {"id": self.doc_id, "title": self.title, "author": self.author,
@@ -66,6 +69,10 @@ class Document:
             meta["extra"] = self.extra
         if self.public_domain:
             meta["public_domain"] = True
+        if self.policy:
+            meta["policy"] = self.policy
+        if self.quote_chars:
+            meta["quote_chars"] = self.quote_chars
         meta["sha256"] = hashlib.sha256(json.dumps([meta, self.text], ensure_ascii=False,
                                                    sort_keys=True).encode()).hexdigest()
         return meta
@@ -120,7 +127,15 @@ def document_from_record(record: Any, where: str, fields: FieldNames = FieldName
     marked = record.pop("public_domain", False)
     if not isinstance(marked, bool):
         raise CorpusInputError(f"{where}: 'public_domain' must be true or false")
-    return Document(doc_id=str(doc_id), text=text, extra=record, public_domain=public_domain or marked, **meta)
+    policy = record.pop("policy", "") or ""
+    if policy not in ("", "allow", "block"):
+        raise CorpusInputError(f"{where}: 'policy' must be \"allow\" (licensed: never flagged) or \"block\" "
+                               f"(any copy blocks the answer), not {policy!r}")
+    quote_chars = record.pop("quote_chars", 0) or 0
+    if isinstance(quote_chars, bool) or not isinstance(quote_chars, int) or not 0 <= quote_chars <= _MAX_QUOTE:
+        raise CorpusInputError(f"{where}: 'quote_chars' must be a whole number of characters from 1 to {_MAX_QUOTE}")
+    return Document(doc_id=str(doc_id), text=text, extra=record, public_domain=public_domain or marked,
+                    policy=policy, quote_chars=quote_chars, **meta)
 
 
 class Corpus:

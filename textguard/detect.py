@@ -56,6 +56,8 @@ class Match:
     verbatim_chars: int  # longest exact run, normalised characters
     similarity: float  # matched / span length, on normalised text
     chars: int  # normalised characters of the checked text inside the span
+    policy: str = ""  # the document's terms: "allow", "block", or "" for the settings'
+    quote_chars: int = 0  # the document's own quotation limit (0: the settings')
 
     def to_dict(self) -> dict[str, Any]:
         return {"doc_id": self.doc_id, "title": self.title, "author": self.author, "work": self.work,
@@ -314,5 +316,5 @@ def _resolve(normalised: Normalised, spans_by_doc: dict[int, list[Span]],
             work=meta.get("work", ""), start=start, end=end, source_start=span.d_start,
             source_end=span.d_end, verbatim_chars=span.longest,
             similarity=span.similarity(),
-            chars=span.q_end - span.q_start))
+            chars=span.q_end - span.q_start, policy=meta.get("policy", ""), quote_chars=meta.get("quote_chars", 0)))
     return matches

@@ -81,15 +81,22 @@ class Policy:
         s = self.settings
         per_work: dict[str, int] = defaultdict(int)
         for match in matches:
-            per_work[work_name(match)] += match.chars
-        flagged = [m for m in matches if m.chars >= s.quote_chars or per_work[work_name(m)] >= s.mosaic_chars]
+            if match.policy != "allow":  # licensed: not a copy, and no part of a mosaic
+                per_work[work_name(match)] += match.chars
+        flagged = [m for m in matches if m.policy != "allow"
+                   and (m.chars >= self.quote_limit(m) or per_work[work_name(m)] >= s.mosaic_chars)]
         quotations = tuple(m for m in matches if m not in flagged)
         if not flagged:
             return Verdict("allow", text, len(text), (), elapsed_ms, quotations)
         copied = sum(m.chars for m in flagged)
-        if copied >= s.block_chars or copied >= s.block_ratio * max(normalised_chars, 1):
+        if copied >= s.block_chars or copied >= s.block_ratio * max(normalised_chars, 1) \
+                or any(m.policy == "block" for m in flagged):
             return Verdict("block", self.block_message(flagged), len(text), tuple(flagged), elapsed_ms, quotations)
         return Verdict("rewrite", self.rewrite(text, flagged), len(text), tuple(flagged), elapsed_ms, quotations)
+
+    def quote_limit(self, match: Match) -> int:
+        """Q for `match`: its work's own limit where its terms set one, else the settings'."""
+        return match.quote_chars or self.settings.quote_chars
 
     def notice(self, match: Match) -> str:
         return self.settings.notice.format(work=work_name(match), title=match.title, author=match.author,

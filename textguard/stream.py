@@ -61,7 +61,6 @@ class GuardedStream:
         settings = guard.settings
         self._guard = guard
         self._ceiling_ms = settings.check_ceiling_ms
-        self._quote = settings.quote_chars
         self._holdback = settings.stream_holdback_chars
         self._step = settings.stream_check_chars
         # Normalised characters of released text re-checked with the new ones: a copy under way
@@ -200,8 +199,11 @@ class GuardedStream:
         return Verdict(kind, "", len(self.text), tuple(self.matches), self.elapsed_ms, skipped=self.skipped)
 
     def _is_copy(self, span: Match, continues: bool) -> bool:
-        """Flag spans of Q chars or more, the rest of a copy already flagged, and mosaics."""
-        if continues or span.chars >= self._quote:
+        """Flag spans of Q chars or more (the work's own Q where its terms set one), the rest of a
+        copy already flagged, and mosaics; never a span of a work licensed for reproduction."""
+        if span.policy == "allow":
+            return False
+        if continues or span.chars >= self._guard.policy.quote_limit(span):
             return True
         return self._quoted[work_name(span)] + span.chars >= self._guard.settings.mosaic_chars
 
@@ -209,7 +211,7 @@ class GuardedStream:
         """Block on `block_chars` copied at any point; on the share copied only at the end,
         since mid-stream the answer may yet go on with text of its own."""
         settings = self._guard.settings
-        if self._flagged_chars >= settings.block_chars:
+        if self._flagged_chars >= settings.block_chars or any(m.policy == "block" for m in self.matches):
             return True
         return final and 0 < self._flagged_chars >= settings.block_ratio * normalised_chars
 

@@ -104,7 +104,12 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"id": {"type": "string", "minLength": 1}, "text": {"type": "string"},
                        "title": {"type": "string"}, "author": {"type": "string"}, "work": {"type": "string"},
                        "public_domain": {"type": "boolean", "description": "Anyone may reproduce this text: a "
-                                         "quotation of it is never flagged."}},
+                                         "quotation of it is never flagged."},
+                       "policy": {"type": "string", "enum": ["allow", "block"],
+                                  "description": "Terms for this work: allow (licensed, never flagged) or block "
+                                                 "(any copy blocks the answer)."},
+                       "quote_chars": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                       "description": "This work's own quotation limit."}},
         "additionalProperties": True,
     },
     "AddDocuments": {

@@ -61,6 +61,8 @@ class DocumentMeta(TypedDict, total=False):
     chars: int
     extra: dict[str, Any]  # the input record's other fields
     public_domain: bool  # anyone may reproduce it: its text is never flagged (absent: False)
+    policy: str  # the rights holder's terms for it: "allow" (licensed) or "block" (any copy blocks)
+    quote_chars: int  # its own quotation limit, stricter or looser than the settings'
     sha256: str  # of the record and text: an unchanged document is not written again
 
 
