@@ -347,6 +347,20 @@ def punctuated(text: str, _rng: random.Random, _sources: Sources) -> str:
     return "、".join(text)
 
 
+SEPARATORS = "xyqk0123456789*-/|"  # what a prompt asks a model to put between every character
+
+
+def separated(text: str, rng: random.Random, _sources: Sources) -> str:
+    """A letter, digit or other character written between every character (床x前x明x月x光)."""
+    return rng.choice(SEPARATORS).join(text)
+
+
+def pinyin(text: str, rng: random.Random, _sources: Sources) -> str:
+    """A fifth of the Chinese characters written as their (toneless) pinyin (床前明yue光)."""
+    return "".join(lazy_pinyin(char)[0] if "\u4e00" <= char <= "\u9fff" and rng.random() < 0.2 else char
+                   for char in text)
+
+
 def stacked(text: str, rng: random.Random, sources: Sources) -> str:
     edited = edit_words(text, 0.2, sources.donor_words(rng), rng)
     return zero_width(traditional(edited, rng, sources), rng, sources)
@@ -456,6 +470,8 @@ KINDS = (
     Kind("evasion_emoji", partial(build_evasion, disguise=emoji), 99.0),
     Kind("evasion_lookalikes", partial(build_evasion, disguise=lookalikes), 99.0),
     Kind("evasion_punctuated", partial(build_evasion, disguise=punctuated), 99.0),
+    Kind("evasion_separated", partial(build_evasion, disguise=separated), 95.0),
+    Kind("evasion_pinyin", partial(build_evasion, disguise=pinyin), 90.0),
     Kind("evasion_stacked", partial(build_evasion, disguise=stacked), None),
     Kind("famous_quotes", build_famous_quote, 99.0, "allow"),
 )

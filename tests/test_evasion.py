@@ -1,18 +1,32 @@
-"""The evasion suite: copies disguised the ways a copier would, each found with its span in the
-text as received. Chinese passages come from the shared corpus; mixed Chinese-Latin passages
-from real chat answers, indexed as protected texts of their own."""
+"""The evasion suite: copies disguised the ways a copier would (or a prompt asks a model to),
+each found with its span in the text as received. Chinese passages come from the shared corpus;
+mixed Chinese-Latin passages from real chat answers, indexed as protected texts of their own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable, Iterator
 
 import opencc
 import pytest
+from pypinyin import lazy_pinyin
 
-from tests.support.helpers import DATA, PREFIX, SUFFIX, check, expected_span, long_records, passage
+from tests.support.helpers import (
+    DATA,
+    PREFIX,
+    SUFFIX,
+    check,
+    expected_span,
+    long_records,
+    longest_shared_run,
+    passage,
+)
 from textguard import Corpus, Document, Guard, Settings
+from textguard.evasions import PLACEHOLDER, undisguise
+from textguard.normalise import normalise
+from textguard.stream import GuardedStream
 
 _to_traditional = opencc.OpenCC("s2t").convert
 _CYRILLIC = str.maketrans("aeopcxyiAEOPCXYHKMBT", "аеорсхуіАЕОРСХУНКМВТ")
@@ -21,6 +35,13 @@ _KATAKANA = str.maketrans("一口工力夕二八卜千", "ーロエカタニハ�
 
 def _every(separator: str) -> Callable[[str], str]:
     return lambda text: separator.join(text)
+
+
+def _pinyin(text: str) -> str:
+    """Every fifth Chinese character written in pinyin (never the first or last: a span ends at a
+    character, and the copy's first and last stay where the test expects its span)."""
+    return "".join(lazy_pinyin(char)[0] if i % 5 == 2 and 0 < i < len(text) - 1 and "\u4e00" <= char <= "\u9fff"
+                   else char for i, char in enumerate(text))
 
 
 def _sprinkle(marks: str) -> Callable[[str], str]:
@@ -37,6 +58,8 @@ DISGUISES: dict[str, Callable[[str], str]] = {
     "traditional": _to_traditional,
     "emoji": _sprinkle("✨🙂👍🔥"),
     "look-alike katakana": lambda t: t.translate(_KATAKANA),
+    "a letter between every character": _every("x"),
+    "a digit between every character": _every("7"),
     "everything at once": lambda t: _every("\u200b")(_to_traditional(t).translate(_KATAKANA)).replace("，", " , "),
 }
 
@@ -101,3 +124,53 @@ def test_look_alike_latin_letters_in_mixed_text(mixed_script: tuple[Guard, list[
         (match,) = verdict.matches
         assert match.doc_id == record["id"]
         assert (match.start, match.end) == expected_span(text, disguised)
+
+
+def test_a_copy_with_pinyin_for_some_characters_is_found(guard: Guard, corpus_records: list[dict]) -> None:
+    """A syllable stands where its character stood, as a homophone would: the span may begin or
+    end a few characters inside the copy (an alignment starts on four equal characters), never
+    outside it."""
+    for record in long_records(corpus_records, 4):
+        disguised = _pinyin(passage(record, 150))
+        text = PREFIX + disguised + SUFFIX
+        verdict = check(guard, text)
+        assert verdict.verdict in ("rewrite", "block"), record["id"]
+        (match,) = verdict.matches
+        begin, end = expected_span(text, disguised)
+        assert match.doc_id == record["id"] and begin <= match.start and match.end <= end
+        assert match.end - match.start >= 0.9 * (end - begin)
+
+
+def test_undisguising_keeps_offsets_and_leaves_ordinary_text_alone() -> None:
+    separated = normalise("x".join("床前明月光，疑是地上霜。"))
+    undone = undisguise(separated)
+    assert undone.text == "床前明月光疑是地上霜"
+    assert ["x".join("床前明月光，疑是地上霜。")[i] for i in undone.offsets] == list(undone.text)
+    spelled = "床前明yue光，疑是地shang霜"
+    undone = undisguise(normalise(spelled))
+    assert undone.text == f"床前明{PLACEHOLDER}光疑是地{PLACEHOLDER}霜"
+    assert [spelled[i] for i in undone.offsets] == list("床前明y光疑是地s霜")
+    for ordinary in ("第1章第2节第3页第4行第5字第6句", "我用Python和numpy写了代码", "邓南遮（dannunzio）的诗",
+                     "x坐标和y坐标之和为3x加2y，a、b、c三个点"):
+        assert undisguise(normalise(ordinary)).text == normalise(ordinary).text
+
+
+def test_a_separated_copy_streamed_releases_no_more_than_q(indexed: Settings, corpus_records: list[dict]) -> None:
+    record = long_records(corpus_records, 1)[0]
+    copied = passage(record, 300)
+    text = PREFIX + "x".join(copied) + SUFFIX
+
+    async def streamed() -> str:
+        guard = Guard(indexed)
+        try:
+            stream = GuardedStream(guard)
+            released = [(await stream.feed(text[i:i + 4])).text for i in range(0, len(text), 4)]
+            released.append((await stream.finish()).text)
+            return "".join(released)
+        finally:
+            await guard.aclose()
+
+    released = asyncio.run(streamed())
+    assert "出自《" in released
+    seen = undisguise(normalise(released)).text
+    assert longest_shared_run(seen, normalise(copied).text) <= indexed.quote_chars

@@ -30,6 +30,7 @@ from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, connect_async, unavailable_on_error
 from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
+from textguard.evasions import undisguise
 from textguard.normalise import Normalised, normalise
 from textguard.policy import Policy, Verdict
 from textguard.settings import Settings
@@ -150,8 +151,7 @@ class Guard:
         for a caller that would rather try again (a stream whose Redis is slow, not gone)."""
         started = time.perf_counter()
         detector, reader = self._ensure_detector()
-        if normalised is None:
-            normalised = normalise(text)
+        normalised = undisguise(normalised if normalised is not None else normalise(text))
         async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None) as budget:
             deadline = check_deadline.set(budget.when())
             try:
@@ -227,6 +227,7 @@ class Guard:
             return [self._skip(text, _reason(exc), exc, started, mode) for text in texts]
         if normalised is None:
             normalised = [normalise(text) for text in texts]
+        normalised = [undisguise(normal) for normal in normalised]
         found = await batch.run([detector.find(n) for n in normalised])
         share = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
         verdicts = []
