@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from textguard.detect import Match
+from textguard.normalise import normalise
 from textguard.settings import Settings
 
 __all__ = ["Policy", "Verdict", "VerdictKind", "work_name", "worst"]
@@ -111,11 +112,27 @@ class Policy:
     def rewrite(self, text: str, flagged: list[Match]) -> str:
         pieces: list[str] = []
         position = 0
+        quoted: set[str] = set()
         for match in sorted(flagged, key=lambda m: m.start):
             if match.start < position:
                 continue
             pieces.append(text[position:match.start])
-            pieces.append(self.notice(match))
+            pieces.append(self.replacement(match, text[match.start:match.end], quoted))
             position = match.end
         pieces.append(text[position:])
         return "".join(pieces)
+
+    def replacement(self, match: Match, copied: str, quoted: set[str]) -> str:
+        """What takes the place of `copied`, the text of `match`: the notice; or, with
+        rewrite_style "quote", for the first copy of each work (`quoted` keeps those already
+        quoted), its opening as an attributed quotation and then the notice for the rest. The
+        quotation keeps two thirds of Q at most: the margin covers a copy that began a few
+        characters before its span."""
+        work = work_name(match)
+        if self.settings.rewrite_style != "quote" or work in quoted:
+            return self.notice(match)
+        quoted.add(work)
+        normal = normalise(copied)
+        keep = min(self.quote_limit(match) * 2 // 3, len(normal.text))
+        opening = copied[:int(normal.offsets[keep - 1]) + 1] if keep else ""
+        return f"“{opening}……”（{match.author}《{work}》）{self.notice(match)}"

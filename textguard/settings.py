@@ -69,6 +69,10 @@ class Settings:
     """Block when flagged text covers this share of the answer..."""
     block_chars: int = 500
     """...or this many normalised characters."""
+    rewrite_style: Literal["notice", "quote"] = "notice"
+    """What replaces a copied span: the notice, or ("quote") its opening as a quotation naming
+    author and work (著作权法 第二十四条), shorter than Q and once per work per answer, then the
+    notice for the rest."""
     notice: str = "〔此处省略受著作权保护的内容，出自《{work}》〕"
     """Replaces a copied span; `{work}`, `{title}`, `{author}` and `{doc_id}` are filled in."""
     block_message: str = "〔该回答大段复制了受著作权保护的作品（《{works}》），已被拦截〕"

@@ -74,6 +74,7 @@ class GuardedStream:
         self._flagged_chars = 0
         self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
         self._counted: set[tuple[str, int]] = set()  # quotations already added to `_quoted`
+        self._quoted_works: set[str] = set()  # works whose copy was replaced by a quotation (rewrite_style quote)
         self.matches: list[Match] = []
         self.blocked = False
         self.finished = False
@@ -159,7 +160,10 @@ class GuardedStream:
                 if span.start > position:
                     pieces.append(self.text[position:span.start])
                 if suppressing != span.doc_id or span.start > position:
-                    pieces.append(self._guard.policy.notice(span))
+                    start = max(position, span.start)
+                    quoted = self._quoted_works if span.start >= position else set(self._quoted_works) | {
+                        work_name(span)}  # its opening is out already: no quotation of it
+                    pieces.append(self._guard.policy.replacement(span, self.text[start:span.end], quoted))
                     self.matches.append(span)
                 self._flagged_chars += int(np.searchsorted(normalised.offsets, span.end)
                                            - np.searchsorted(normalised.offsets, max(position, span.start)))
@@ -189,6 +193,7 @@ class GuardedStream:
         twin._memo = replace(self._memo, copying=set(self._memo.copying))
         twin._quoted = defaultdict(int, self._quoted)
         twin._counted = set(self._counted)
+        twin._quoted_works = set(self._quoted_works)
         twin.matches = list(self.matches)
         twin.waits_ms = list(self.waits_ms)
         return twin
