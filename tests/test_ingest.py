@@ -134,8 +134,8 @@ def test_collections_folders_compressed_jsonl_csv_and_parquet(settings: Settings
     (shelf / "deep" / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
     with (shelf / "deep" / "deeper" / "c.csv").open("w", encoding="gb18030", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["编号", "正文", "书名", "年份"])
-        writer.writerow(["csv-1", works[2]["text"], "丙书", "1936"])
+        writer.writerow(["编号", "正文", "书名", "年份", "public_domain", "quote_chars"])
+        writer.writerow(["csv-1", works[2]["text"], "丙书", "1936", "false", "40"])
     pq.write_table(pa.table({"编号": ["pq-1", "pq-2"], "正文": [works[3]["text"], works[4]["text"]],
                              "书名": ["丁书", "戊书"]}), str(shelf / "d.parquet"), row_group_size=1)
     (shelf / "skip.txt").write_text(works[5]["text"], "utf-8")
@@ -153,8 +153,10 @@ def test_collections_folders_compressed_jsonl_csv_and_parquet(settings: Settings
     assert _found(settings, _answer(works[4]["text"])) == [("pq-2", "", "", "戊书")]
     assert not _found(settings, _answer(works[5]["text"]))  # excluded
     with Corpus(settings) as corpus:
-        extra = {meta["id"]: meta.get("extra") for meta in corpus.list()}
+        listed = list(corpus.list())
+    extra = {meta["id"]: meta.get("extra") for meta in listed}
     assert extra["csv-1"] == {"年份": "1936"}
+    assert {m["id"]: m.get("quote_chars") for m in listed}["csv-1"] == 40  # a CSV cell made a number
 
 
 def test_a_run_skips_bad_files_reports_them_and_redoes_nothing_when_run_again(
@@ -181,6 +183,11 @@ def test_a_run_skips_bad_files_reports_them_and_redoes_nothing_when_run_again(
     assert (counts["added"], counts["replaced"], counts["unchanged"]) == (0, 0, 4)
     missing = run(settings, "corpus", "add", "--quiet", str(tmp_path / "nothing-here"), str(tmp_path / "cover.jpg"))
     assert missing.returncode == 1 and "no such file or folder" in missing.stdout
+    (tmp_path / "twin").mkdir()
+    (tmp_path / "twin" / "work0.md").write_text(works[1]["text"], "utf-8")  # the same id as work0.txt
+    twins = run(settings, "corpus", "add", "--quiet", "--json", str(tmp_path / "work0.txt"), str(tmp_path / "twin"))
+    assert [p["where"] for p in json.loads(twins.stdout)["inventory"]["problems"]] == [
+        str(tmp_path / "twin" / "work0.md")]
 
 
 def _quoting(protected: str, public: str) -> str:

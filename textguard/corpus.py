@@ -84,7 +84,7 @@ class AddReport:
     they were (same text and metadata), and the characters written.
 
         with Corpus(settings) as corpus:
-            report = corpus.add(read_documents(Path("books.jsonl")))
+            report = corpus.add([Document("ch1", text, title="第一章", work="某小说")])
         print(report.added, report.replaced, report.unchanged, report.characters)
     """
 
@@ -133,7 +133,8 @@ def document_from_record(record: Any, where: str, fields: FieldNames = FieldName
                                f"(any copy blocks the answer), not {policy!r}")
     quote_chars = record.pop("quote_chars", 0) or 0
     if isinstance(quote_chars, bool) or not isinstance(quote_chars, int) or not 0 <= quote_chars <= _MAX_QUOTE:
-        raise CorpusInputError(f"{where}: 'quote_chars' must be a whole number of characters from 1 to {_MAX_QUOTE}")
+        raise CorpusInputError(f"{where}: 'quote_chars' must be a whole number of characters up to {_MAX_QUOTE} "
+                               f"(0: the settings')")
     return Document(doc_id=str(doc_id), text=text, extra=record, public_domain=public_domain or marked,
                     policy=policy, quote_chars=quote_chars, **meta)
 
@@ -307,7 +308,8 @@ class Corpus:
         return missing
 
     def list(self) -> Iterator[DocumentMeta]:
-        """Metadata of every document (id, title, author, work, chars, extra fields)."""
+        """Metadata of every document (id, title, author, work, chars, extra fields, and where set:
+        public_domain, policy, quote_chars)."""
         self._prepare()
         for chunk in batched(sorted(self._writer.documents()), 500):
             for meta in self._writer.metas([n for _, n in chunk]):

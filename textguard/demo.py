@@ -167,6 +167,8 @@ def run_demo(settings: Settings, out: TextIO = sys.stdout) -> None:
     sources, _, _ = find_sources([books], ReadOptions())
     inventory = Inventory()
     documents = list(read_sources(sources, inventory))
+    if inventory.problems:  # a broken installation: say what, rather than fail later
+        raise SystemExit(f"textguard demo: cannot read the sample works:\n{inventory.summary()}")
     with Corpus(settings) as corpus:
         corpus.add(documents)
     print(f"Indexed the sample protected works in {books} into index '{DEMO_INDEX}', as "

@@ -2,8 +2,9 @@
 
 - A separator between every character (床x前x明x月x光, 床1前1明1月1光): punctuation and spaces are
   dropped by normalisation already, but a letter or digit is kept, and it cut every shingle. A
-  run of six or more Chinese characters with the same letter or digit (once, or up to three
-  times where punctuation stood between) between each pair loses those separators.
+  run of six or more Chinese characters with the same letter or digit (once, or up to eight
+  times where punctuation stood between) between each pair loses those separators, and so does
+  the text around it wherever that letter or digit alternates with other characters.
 - Pinyin for some of the characters (床前明yue光): a run of Latin letters next to a Chinese
   character that splits wholly into pinyin syllables becomes one placeholder per syllable, so
   that the text keeps the shape of the copy (a syllable stands where its character stood, as a

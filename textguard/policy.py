@@ -85,7 +85,7 @@ class Policy:
             if match.policy != "allow":  # licensed: not a copy, and no part of a mosaic
                 per_work[work_name(match)] += match.chars
         flagged = [m for m in matches if m.policy != "allow"
-                   and (m.chars >= self.quote_limit(m) or per_work[work_name(m)] >= s.mosaic_chars)]
+                   and (m.chars >= self.quote_limit(m) or per_work[work_name(m)] >= self.mosaic_limit(m))]
         quotations = tuple(m for m in matches if m not in flagged)
         if not flagged:
             return Verdict("allow", text, len(text), (), elapsed_ms, quotations)
@@ -98,6 +98,11 @@ class Policy:
     def quote_limit(self, match: Match) -> int:
         """Q for `match`: its work's own limit where its terms set one, else the settings'."""
         return match.quote_chars or self.settings.quote_chars
+
+    def mosaic_limit(self, match: Match) -> int:
+        """What the spans of `match`'s work may add up to: never less than its own Q (a work
+        licensed for longer quotations must not be caught as a mosaic of one span)."""
+        return max(self.settings.mosaic_chars, self.quote_limit(match))
 
     def notice(self, match: Match) -> str:
         return self.settings.notice.format(work=work_name(match), title=match.title, author=match.author,

@@ -153,7 +153,7 @@ class GuardedStream:
         pieces: list[str] = []
         position = self._released
         for span in spans:
-            if span.end <= position:
+            if span.end <= position or span.policy == "allow":  # licensed text is never held
                 continue
             growing = not final and span.end > at_end
             if self._is_copy(span, continues=suppressing == span.doc_id and span.start <= position):
@@ -210,7 +210,7 @@ class GuardedStream:
             return False
         if continues or span.chars >= self._guard.policy.quote_limit(span):
             return True
-        return self._quoted[work_name(span)] + span.chars >= self._guard.settings.mosaic_chars
+        return self._quoted[work_name(span)] + span.chars >= self._guard.policy.mosaic_limit(span)
 
     def _should_block(self, normalised_chars: int, final: bool) -> bool:
         """Block on `block_chars` copied at any point; on the share copied only at the end,

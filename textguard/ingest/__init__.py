@@ -31,6 +31,7 @@ __all__ = [
 _CHARS_PER_BYTE = {"txt": 0.4, "markdown": 0.4, "html": 0.2, "csv": 0.4, "jsonl": 0.4, "epub": 0.6,
                    "docx": 0.6, "pdf": 0.1, "parquet": 1.0}
 """Rough characters per byte of each format (Chinese text), to size a new index before reading."""
+_COMPRESSION = 3  # about what gzip and zstd make of Chinese JSON Lines
 
 
 @dataclass
@@ -100,7 +101,8 @@ def add_files(corpus: Corpus | None, paths: Sequence[Path], options: ReadOptions
         for _ in documents:
             pass
         return AddReport(), inventory
-    expected = int(sum(source.size * _CHARS_PER_BYTE[source.format] for source in sources))
+    expected = int(sum(source.size * _CHARS_PER_BYTE[source.format]
+                       * (_COMPRESSION if source.path.suffix.lower() in (".gz", ".zst") else 1) for source in sources))
     return corpus.add(documents, workers=workers, expected_chars=expected), inventory
 
 

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from textguard.ingest._markup import html_text, html_title
+from textguard.ingest._markup import decode_markup, html_text, html_title
 
 __all__ = ["docx_document", "epub_chapters", "pdf_pages"]
 
 
-def epub_chapters(path: Path) -> tuple[dict[str, str], Iterator[tuple[str, str, str]]]:
+def epub_chapters(path: Path) -> tuple[dict[str, str], Iterator[tuple[str, str, str | Exception]]]:
     """The book's metadata (title, author) and its chapters as (number, title, text), in spine
-    order; pages without text (covers, navigation) are left out."""
+    order; pages without text (covers, navigation) are left out, and a chapter that cannot be
+    read comes as (file name, "", the error), so that the rest of the book is still read."""
     import ebooklib
     from ebooklib import epub
 
@@ -30,14 +31,18 @@ def epub_chapters(path: Path) -> tuple[dict[str, str], Iterator[tuple[str, str, 
     meta = {"title": _first(book.get_metadata("DC", "title")), "author": _first(book.get_metadata("DC", "creator"))}
     titles = dict(_toc_titles(book.toc))
 
-    def chapters() -> Iterator[tuple[str, str, str]]:
+    def chapters() -> Iterator[tuple[str, str, str | Exception]]:
         number = 0
         for idref, _ in book.spine:
             item = book.get_item_with_id(idref)
             if item is None or item.get_type() != ebooklib.ITEM_DOCUMENT or isinstance(item, epub.EpubNav):
                 continue
-            markup = item.get_content().decode("utf-8", "replace")
-            text = html_text(markup)
+            try:
+                markup, _ = decode_markup(item.get_content())
+                text = html_text(markup)
+            except Exception as exc:  # lxml's and the decoder's own errors: this chapter only
+                yield item.get_name(), "", exc
+                continue
             if not text:
                 continue
             number += 1

@@ -28,6 +28,7 @@ FORMATS = {".txt": "txt", ".md": "markdown", ".markdown": "markdown", ".html": "
            ".ndjson.zst": "jsonl", ".csv": "csv", ".tsv": "csv", ".csv.gz": "csv", ".tsv.gz": "csv",
            ".parquet": "parquet"}
 """File name endings read, and the format each is read as."""
+_RECORD_FORMATS = frozenset({"jsonl", "csv", "parquet"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,9 @@ class Source:
         meta, chapters = epub_chapters(self.path)
         found = False
         for number, title, text in chapters:
+            if isinstance(text, Exception):
+                yield Problem(f"{self.path} {number}", f"cannot read this chapter ({_reason(text)})")
+                continue
             found = True
             yield self._document(text, {"title": title, "author": meta["author"],
                                         "work": meta["title"] or self.path.stem}, f"{self.base_id}#{number}")
@@ -135,7 +139,7 @@ class Source:
             self.encoding, rows = csv_records(self.path, counted, self.options.encoding)
             for where, record in rows:
                 self.bytes_read = counted.count
-                yield self._record(where, {k: v for k, v in record.items() if k is not None and v != ""})
+                yield self._record(where, _typed({k: v for k, v in record.items() if k is not None and v != ""}))
 
     def _parquet(self) -> Iterator[Document | Problem]:
         for where, record, share in parquet_records(self.path):
@@ -158,9 +162,21 @@ def find_sources(paths: Sequence[Path], options: ReadOptions) -> tuple[list[Sour
     sources: list[Source] = []
     problems: list[Problem] = []
     ignored: list[Path] = []
+    named: dict[str, Path] = {}  # the id of a one-document file, and the file that has it
+
+    def add(source: Source) -> None:
+        if source.format in _RECORD_FORMATS:  # their ids come from their records
+            sources.append(source)
+        elif source.base_id in named:
+            problems.append(Problem(str(source.path), f"its id {source.base_id!r} is also that of "
+                                                      f"{named[source.base_id]}; rename one of them"))
+        else:
+            named[source.base_id] = source.path
+            sources.append(source)
+
     for path in paths:
         if path.is_dir():
-            walked = len(sources)
+            readable = 0
             for found in sorted(p for p in path.rglob("*") if p.is_file()):
                 relative = found.relative_to(path)
                 if any(part.startswith(".") for part in relative.parts) or not _wanted(relative, options):
@@ -169,8 +185,9 @@ def find_sources(paths: Sequence[Path], options: ReadOptions) -> tuple[list[Sour
                 if format is None:
                     ignored.append(found)
                 else:
-                    sources.append(Source(found, format, _strip_suffix(relative).as_posix(), options))
-            if len(sources) == walked:
+                    readable += 1
+                    add(Source(found, format, _strip_suffix(relative).as_posix(), options))
+            if not readable:
                 problems.append(Problem(str(path), "no file of a format textguard reads in this folder"))
         elif path.is_file():
             format = _format(path)
@@ -178,18 +195,34 @@ def find_sources(paths: Sequence[Path], options: ReadOptions) -> tuple[list[Sour
                 problems.append(Problem(str(path), f"unsupported file type ({path.suffix or 'none'}); "
                                                    f"read are: {', '.join(sorted(FORMATS))}"))
             else:
-                sources.append(Source(path, format, _strip_suffix(Path(path.name)).as_posix(), options))
+                add(Source(path, format, _strip_suffix(Path(path.name)).as_posix(), options))
         else:
             problems.append(Problem(str(path), "no such file or folder"))
     return sources, problems, ignored
 
 
 def _wanted(relative: Path, options: ReadOptions) -> bool:
-    name = relative.as_posix()
-    if options.include and not any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(relative.name, g)
-                                   for g in options.include):
+    """Whether a walked file passes --include and --exclude, matched on its path in the folder
+    or its name, case-blind as the formats are (BOOK.EPUB is an EPUB)."""
+    path, name = relative.as_posix().lower(), relative.name.lower()
+
+    def matches(glob: str) -> bool:
+        return fnmatch.fnmatchcase(path, glob.lower()) or fnmatch.fnmatchcase(name, glob.lower())
+
+    if options.include and not any(matches(g) for g in options.include):
         return False
-    return not any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(relative.name, g) for g in options.exclude)
+    return not any(matches(g) for g in options.exclude)
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row with the terms that are not strings made what they are."""
+    flag = str(row.get("public_domain", "")).strip().lower()
+    if flag in ("true", "1", "yes", "false", "0", "no"):
+        row["public_domain"] = flag in ("true", "1", "yes")
+    limit = str(row.get("quote_chars", "")).strip()
+    if limit.isdigit():
+        row["quote_chars"] = int(limit)
+    return row
 
 
 def _format(path: Path) -> str | None:

@@ -60,6 +60,12 @@ def detect_encoding(sample: bytes, complete: bool = True) -> str:
                         "name it with --encoding")
 
 
+def _codec(name: str) -> str:
+    """The codec that reads `name`: Big5 as written today carries the HKSCS additions, and a
+    forced UTF-8 may still start with the BOM that Windows tools write."""
+    return {"big5": "big5hkscs", "utf-8": "utf-8-sig", "utf8": "utf-8-sig"}.get(name.lower(), name)
+
+
 def _decoded(sample: bytes, name: str, complete: bool) -> str | None:
     decoder = codecs.getincrementaldecoder("big5hkscs" if name == "big5" else name)("strict")
     try:
@@ -95,8 +101,8 @@ def _is_chinese(char: str) -> bool:
 
 def decode_text(data: bytes, encoding: str | None = None) -> tuple[str, str]:
     """`data` decoded strictly, and the encoding used (`encoding` forces one)."""
-    name = encoding or detect_encoding(data)
-    codec = "big5hkscs" if name == "big5" else name  # Big5 as written today carries the HKSCS additions
+    name = encoding or detect_encoding(data[:_SAMPLE_BYTES], complete=len(data) <= _SAMPLE_BYTES)
+    codec = _codec(name)
     try:
         return data.decode(codec), name
     except UnicodeDecodeError as exc:
@@ -110,7 +116,7 @@ def decoded_lines(handle: IO[bytes], encoding: str | None = None) -> tuple[str, 
     lines, decoded strictly as they are read: memory stays bounded whatever the file's size."""
     sample = handle.read(_SAMPLE_BYTES)
     name = encoding or detect_encoding(sample, complete=len(sample) < _SAMPLE_BYTES)
-    codec = "big5hkscs" if name == "big5" else name
+    codec = _codec(name)
     try:
         decoder = codecs.getincrementaldecoder(codec)("strict")
     except LookupError as exc:

@@ -20,7 +20,7 @@ from textguard.guard import Guard
 from textguard.stream import GuardedStream, Release
 
 __all__ = [
-    "ANTHROPIC_EVENTS", "AnswerStream", "ChatStream", "MessagesStream", "ResponsesStream", "Sink", "pick",
+    "AnswerStream", "ChatStream", "MessagesStream", "ResponsesStream", "Sink", "pick",
 ]
 
 ANTHROPIC_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",

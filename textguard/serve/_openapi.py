@@ -108,7 +108,7 @@ _SCHEMAS: dict[str, Any] = {
                        "policy": {"type": "string", "enum": ["allow", "block"],
                                   "description": "Terms for this work: allow (licensed, never flagged) or block "
                                                  "(any copy blocks the answer)."},
-                       "quote_chars": {"type": "integer", "minimum": 1, "maximum": 10000,
+                       "quote_chars": {"type": "integer", "minimum": 0, "maximum": 10000,
                                        "description": "This work's own quotation limit."}},
         "additionalProperties": True,
     },

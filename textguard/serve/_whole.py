@@ -30,7 +30,7 @@ from textguard.serve._http import (
 )
 from textguard.serve._reply import Reply
 
-__all__ = ["BYTES_PER_CHAR", "WholeAnswer"]
+__all__ = ["WholeAnswer"]
 
 logger = logging.getLogger(__name__)
 

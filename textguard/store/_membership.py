@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BITS_PER_ENTRY", "MembershipFilter", "choose_filter_bits", "filter_positions"]
+__all__ = ["MembershipFilter", "choose_filter_bits", "filter_positions"]
 
 MIN_FILTER_BITS, MAX_FILTER_BITS = 18, 23  # log2 of the bits per shard: 32 KB to 1 MB each
 BITS_PER_ENTRY = 16  # sized for: two bits per entry then make about 1.4% false "maybe"s
