@@ -146,9 +146,11 @@ class Guard:
             return self._skip(text, _reason(exc), exc, started, mode)
 
     async def attempt(self, text: str, *, budget_ms: float | None = None, memo: LookupMemo | None = None,
-                      normalised: Normalised | None = None) -> Verdict:
+                      normalised: Normalised | None = None, quoted: set[str] | None = None) -> Verdict:
         """`check` without the fail mode: what stopped the check (one of `_SKIPPABLE`) is raised,
-        for a caller that would rather try again (a stream whose Redis is slow, not gone)."""
+        for a caller that would rather try again (a stream whose Redis is slow, not gone).
+        `quoted` (rewrite_style "quote") holds the works already quoted in other texts of the
+        same answer, which get the notice alone."""
         started = time.perf_counter()
         detector, reader = self._ensure_detector()
         normalised = undisguise(normalised if normalised is not None else normalise(text))
@@ -160,13 +162,13 @@ class Guard:
             finally:
                 check_deadline.reset(deadline)
         elapsed = (time.perf_counter() - started) * 1000
-        verdict = self.policy.decide(text, len(normalised.text), matches, elapsed)
+        verdict = self.policy.decide(text, len(normalised.text), matches, elapsed, quoted)
         telemetry.CHECKS.labels(verdict.verdict).inc()
         telemetry.CHECK_SECONDS.observe(elapsed / 1000)
         return verdict
 
     async def check_held(self, text: str, *, ceiling_ms: float | None = None, memo: LookupMemo | None = None,
-                         normalised: Normalised | None = None) -> Verdict:
+                         normalised: Normalised | None = None, quoted: set[str] | None = None) -> Verdict:
         """Check text that is held until the verdict (an answer not yet sent): a check past
         `check_timeout_ms` goes on, and a Redis that times out (slow, not gone) is asked again,
         until `ceiling_ms` (default `check_ceiling_ms`). Releasing unchecked text because the
@@ -181,7 +183,7 @@ class Guard:
         while True:
             try:
                 verdict = await self.attempt(text, budget_ms=max(deadline - time.perf_counter(), 0.0) * 1000,
-                                             memo=memo, normalised=normalised)
+                                             memo=memo, normalised=normalised, quoted=quoted)
                 break
             except RedisTimeout as exc:
                 if time.perf_counter() + _RETRY_PAUSE_S < deadline:

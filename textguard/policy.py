@@ -78,7 +78,8 @@ class Policy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def decide(self, text: str, normalised_chars: int, matches: list[Match], elapsed_ms: float) -> Verdict:
+    def decide(self, text: str, normalised_chars: int, matches: list[Match], elapsed_ms: float,
+               quoted: set[str] | None = None) -> Verdict:
         s = self.settings
         per_work: dict[str, int] = defaultdict(int)
         for match in matches:
@@ -93,7 +94,8 @@ class Policy:
         if copied >= s.block_chars or copied >= s.block_ratio * max(normalised_chars, 1) \
                 or any(m.policy == "block" for m in flagged):
             return Verdict("block", self.block_message(flagged), len(text), tuple(flagged), elapsed_ms, quotations)
-        return Verdict("rewrite", self.rewrite(text, flagged), len(text), tuple(flagged), elapsed_ms, quotations)
+        return Verdict("rewrite", self.rewrite(text, flagged, quoted), len(text), tuple(flagged), elapsed_ms,
+                       quotations)
 
     def quote_limit(self, match: Match) -> int:
         """Q for `match`: its work's own limit where its terms set one, else the settings'."""
@@ -114,10 +116,11 @@ class Policy:
         works = "》《".join(dict.fromkeys(work_name(m) for m in matches))
         return self.settings.block_message.format(works=works) if works else self.settings.unchecked_message
 
-    def rewrite(self, text: str, flagged: list[Match]) -> str:
+    def rewrite(self, text: str, flagged: list[Match], quoted: set[str] | None = None) -> str:
+        """`text` with each flagged span replaced (`quoted`: works quoted already in the answer)."""
         pieces: list[str] = []
         position = 0
-        quoted: set[str] = set()
+        quoted = set() if quoted is None else quoted
         for match in sorted(flagged, key=lambda m: m.start):
             if match.start < position:
                 continue

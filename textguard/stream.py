@@ -57,7 +57,9 @@ class Release:
 class GuardedStream:
     """The incremental guard of one streamed answer (one choice). Not shared between requests."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, quoted_works: set[str] | None = None) -> None:
+        """`quoted_works` is shared by the streams of one answer's texts (rewrite_style "quote":
+        one quotation of a work per answer)."""
         settings = guard.settings
         self._guard = guard
         self._ceiling_ms = settings.check_ceiling_ms
@@ -74,7 +76,7 @@ class GuardedStream:
         self._flagged_chars = 0
         self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
         self._counted: set[tuple[str, int]] = set()  # quotations already added to `_quoted`
-        self._quoted_works: set[str] = set()  # works whose copy was replaced by a quotation (rewrite_style quote)
+        self._quoted_works = set() if quoted_works is None else quoted_works  # works quoted (rewrite_style quote)
         self.matches: list[Match] = []
         self.blocked = False
         self.finished = False

@@ -17,11 +17,14 @@ __all__ = ["AnswerField", "answer_fields"]
 
 @dataclass(frozen=True, slots=True)
 class AnswerField:
-    """One answer text: `holder[key]`, and what marks its answer blocked in its own format."""
+    """One answer text: `holder[key]`, and what marks its answer blocked in its own format.
+    `answer` tells the answers of one payload apart (chat choices); the texts of one answer
+    (Messages blocks, Responses parts) share it."""
 
     holder: dict[str, Any]
     key: str
     mark_blocked: Callable[[], None]
+    answer: int = 0
 
 
 def answer_fields(payload: Any) -> list[AnswerField] | None:
@@ -64,7 +67,7 @@ def _message_fields(message: dict[str, Any]) -> list[AnswerField]:
 
 def _choice_fields(choices: list[Any]) -> list[AnswerField]:
     fields = []
-    for choice in choices:
+    for number, choice in enumerate(choices):
         if not isinstance(choice, dict):
             continue
 
@@ -73,9 +76,9 @@ def _choice_fields(choices: list[Any]) -> list[AnswerField]:
 
         message = choice.get("message")
         if isinstance(message, dict) and isinstance(message.get("content"), str):
-            fields.append(AnswerField(message, "content", content_filter))
+            fields.append(AnswerField(message, "content", content_filter, number))
         elif isinstance(choice.get("text"), str):
-            fields.append(AnswerField(choice, "text", content_filter))
+            fields.append(AnswerField(choice, "text", content_filter, number))
     return fields
 
 

@@ -42,14 +42,18 @@ class Sink(Protocol):
 class AnswerStream:
     """The guarded streams of one response, keyed by what the format calls a text's place."""
 
+    one_answer = True  # its texts are parts of one answer (blocks, parts), not answers of their own (choices)
+
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.streams: dict[Any, GuardedStream] = {}
+        self.quoted: set[str] = set()  # works quoted so far in the answer (rewrite_style "quote")
 
     def stream(self, key: Any) -> GuardedStream:
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = GuardedStream(self.sink.guard)
+            shared = self.quoted if self.one_answer else None
+            stream = self.streams[key] = GuardedStream(self.sink.guard, shared)
         return stream
 
     async def on(self, payload: dict[str, Any]) -> bool:
@@ -76,6 +80,8 @@ def pick(payload: dict[str, Any], sink: Sink) -> AnswerStream | None:
 
 class ChatStream(AnswerStream):
     """Chat and legacy completions chunks (and Ollama's lines, which have one implicit choice)."""
+
+    one_answer = False  # each choice is an answer of its own
 
     def __init__(self, sink: Sink) -> None:
         super().__init__(sink)

@@ -109,9 +109,10 @@ class WholeAnswer:
             await self._unchecked("unknown_format", mark_allowed=False)
             return
         checked = []
+        quoted: dict[int, set[str]] = {}  # per answer: its works quoted so far, whatever its number of texts
         for field in fields:
             text = field.holder[field.key]
-            verdict = await self.reply.guard.check_held(text)
+            verdict = await self.reply.guard.check_held(text, quoted=quoted.setdefault(field.answer, set()))
             if verdict.verdict != "allow":
                 field.holder[field.key] = verdict.text
             if verdict.verdict == "block":
