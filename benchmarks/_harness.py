@@ -226,14 +226,15 @@ class CpuMeter:
 # ---------------------------------------------------------------- the fake model
 
 @contextlib.contextmanager
-def fake_model_process(**env: str) -> Iterator[str]:
-    """The tests' fake model (it answers with the user's message) under uvicorn in a process of its
-    own, `env` added to its environment (FAKE_MODEL_DELAY, FAKE_MODEL_CHUNK_CHARS); yields its URL."""
+def fake_model_process(app: str = MODEL, ready: str = "/v1/other", **env: str) -> Iterator[str]:
+    """The tests' fake model (it answers with the user's message), or another app factory of the
+    tests, under uvicorn in a process of its own, `env` added to its environment (FAKE_MODEL_DELAY,
+    FAKE_MODEL_CHUNK_CHARS); yields its URL once `ready` answers 200."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", MODEL, "--app-dir", str(PROJECT), "--port", str(port),
+    command = [sys.executable, "-m", "uvicorn", "--factory", app, "--app-dir", str(PROJECT), "--port", str(port),
                "--log-level", "warning", "--no-access-log"]
     url = f"http://127.0.0.1:{port}"
-    with program(command, env, url + "/v1/other", timeout=30):
+    with program(command, env, url + ready, timeout=30):
         yield url
 
 

@@ -14,6 +14,7 @@ from tests.support.chat import collect
 from tests.support.helpers import AFTER, BEFORE, longest_shared_run
 from tests.support.litellm_proxy import MASTER_KEY, guardrail, litellm_proxy
 from tests.support.llm_app import Recorder, create_app
+from tests.support.paraphrasers import RESTATEMENT, Paraphrasers
 from tests.support.redis_admin import audit_reader
 from tests.support.servers import serve
 from textguard import Settings
@@ -39,6 +40,21 @@ def litellm_proxy_url(textguard_settings: Settings, tmp_path_factory: pytest.Tem
                       guardrail("textguard-closed", closed_textguard, token=API_TOKEN, default_on=False)]
         with litellm_proxy(upstream, guardrails, tmp_path_factory.mktemp("litellm")) as url:
             yield url
+
+
+@pytest.fixture(scope="module")
+def litellm_styles_url(textguard_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[tuple[str, Paraphrasers]]:
+    """LiteLLM with a guardrail per rewrite style (quote, paraphrase), asked for by name; the
+    paraphrases come from a local model that restates properly."""
+    models = Paraphrasers()
+    with serve(create_app(Recorder(), chunk_chars=2)) as upstream, serve(models.app) as model:
+        settings = textguard_settings.replace(paraphrase_url=f"{model}/restate/v1")
+        with serve(create_textguard_app(settings), lifespan="on") as textguard:
+            guardrails = [guardrail(f"textguard-{style}", textguard, token=API_TOKEN, default_on=False,
+                                    rewrite_style=style) for style in ("quote", "paraphrase")]
+            with litellm_proxy(upstream, guardrails, tmp_path_factory.mktemp("litellm-styles")) as url:
+                yield url, models
 
 
 def client(url: str) -> openai.OpenAI:
@@ -119,6 +135,27 @@ def test_the_guardrail_demands_its_token_and_reads_what_litellm_may_send(litellm
         assert httpx2.post(url, json={**body, "texts": None}, headers=authorised).json() == {"action": "NONE"}
         assert httpx2.post(url, json={"input_type": "response"}, headers=authorised).json() == {"action": "NONE"}
         assert httpx2.post(url, json={**body, "texts": "not a list"}, headers=authorised).status_code == 400
+
+
+def test_a_guardrail_per_rewrite_style(litellm_styles_url: tuple[str, Paraphrasers], record: dict) -> None:
+    """Quote: whole and streamed, one attributed quotation then the notice. Paraphrase: a whole
+    answer gets the model's restatement (asked as LiteLLM's model), a stream falls back to quote."""
+    url, models = litellm_styles_url
+    copied = record["text"][1000:1110]
+    answer = BEFORE + copied + AFTER
+    for style in ("quote", "paraphrase"):
+        chosen = {"extra_body": {"guardrails": [f"textguard-{style}"]}}
+        whole = ask(url, answer, **chosen).choices[0].message.content
+        text, reasons, _ = streamed(url, answer, **chosen)
+        assert reasons[-1] == "stop" and text.startswith(BEFORE) and text.endswith(AFTER)
+        assert text.count("……”（") == 1 and f"（{record['author']}《{record['work']}》）" in text
+        for released in (whole, text):
+            assert longest_shared_run(released, record["text"]) < 50
+        if style == "quote":
+            assert whole.count("……”（") == 1 and f"出自《{record['work']}》" in whole
+        else:
+            assert RESTATEMENT in whole and "出自《" not in whole
+    assert models.asked and all(body["model"] == "demo" for _, _, body in models.asked)
 
 
 def test_verdicts_reach_the_audit_log(textguard_settings: Settings, corpus_records: list[dict]) -> None:

@@ -62,7 +62,8 @@ def entry_fields(verdict: Verdict, route: str, request_id: str, text: str | None
     return {"request_id": request_id, "route": route, "verdict": verdict.verdict,
             "skipped": verdict.skipped or "", "checked_chars": str(verdict.checked_chars),
             "doc_ids": json.dumps(sorted({m.doc_id for m in verdict.matches}), ensure_ascii=False),
-            "spans": json.dumps(spans, ensure_ascii=False), "elapsed_ms": f"{verdict.elapsed_ms:.3f}"}
+            "spans": json.dumps(spans, ensure_ascii=False), "elapsed_ms": f"{verdict.elapsed_ms:.3f}",
+            "rewrite_style": verdict.rewrite_style or "", "paraphrase_failure": verdict.paraphrase_failure or ""}
 
 
 class AuditLog:
@@ -144,7 +145,7 @@ def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> AuditEntry:
 
 
 _CSV_COLUMNS = ("id", "time", "request_id", "route", "verdict", "skipped", "checked_chars", "doc_ids", "spans",
-                "elapsed_ms")
+                "elapsed_ms", "rewrite_style", "paraphrase_failure")
 
 
 def write_entries(entries: Iterator[AuditEntry], out: TextIO, form: str) -> int:

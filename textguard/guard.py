@@ -32,7 +32,7 @@ from textguard.detect import Detector, LookupMemo
 from textguard.errors import CheckSkipped, IndexMismatchError, StoreUnavailableError
 from textguard.evasions import undisguise
 from textguard.normalise import Normalised, normalise
-from textguard.policy import Policy, Verdict
+from textguard.policy import Policy, Rewriting, Verdict
 from textguard.settings import Settings
 from textguard.sketching import TextSketcher
 from textguard.store import BatchedReader, DocumentRegion, IndexReader, check_deadline
@@ -124,14 +124,15 @@ class Guard:
 
     async def check(self, text: str, *, budget_ms: float | None = None,
                     fail_mode: FailMode | None = None, memo: LookupMemo | None = None,
-                    normalised: Normalised | None = None) -> Verdict:
+                    normalised: Normalised | None = None, rewriting: Rewriting | None = None) -> Verdict:
         """Check `text`; on a skipped check, `fail_mode` decides (default: the settings').
 
         `budget_ms` bounds the whole check (None: unbounded). A skip is counted in
         `self.skipped` and logged; with fail_mode "raise" it raises CheckSkipped instead.
         `memo` (kept by the caller) lets repeated checks of a growing text skip the lookups
         they already made, and `normalised` (text's normal form, offsets into text) the
-        normalising that a stream does as it grows.
+        normalising that a stream does as it grows. `rewriting` (default: the settings' style)
+        is the answer's, when it has more than one text or asks for a style of its own.
         """
         started = time.perf_counter()
         mode = fail_mode or self.settings.fail_mode
@@ -139,18 +140,18 @@ class Guard:
             limit = f"{len(text)} characters, more than max_check_chars={self.settings.max_check_chars}"
             return self._skip(text, "too_large", ValueError(limit), started, mode)
         try:
-            return await self.attempt(text, budget_ms=budget_ms, memo=memo, normalised=normalised)
+            return await self.attempt(text, budget_ms=budget_ms, memo=memo, normalised=normalised,
+                                      rewriting=rewriting)
         except IndexMismatchError:
             raise
         except _SKIPPABLE as exc:
             return self._skip(text, _reason(exc), exc, started, mode)
 
     async def attempt(self, text: str, *, budget_ms: float | None = None, memo: LookupMemo | None = None,
-                      normalised: Normalised | None = None, quoted: set[str] | None = None) -> Verdict:
+                      normalised: Normalised | None = None, rewriting: Rewriting | None = None) -> Verdict:
         """`check` without the fail mode: what stopped the check (one of `_SKIPPABLE`) is raised,
         for a caller that would rather try again (a stream whose Redis is slow, not gone).
-        `quoted` (rewrite_style "quote") holds the works already quoted in other texts of the
-        same answer, which get the notice alone."""
+        `rewriting` is the answer's (its style, and the works its other texts quoted)."""
         started = time.perf_counter()
         detector, reader = self._ensure_detector()
         normalised = undisguise(normalised if normalised is not None else normalise(text))
@@ -162,13 +163,13 @@ class Guard:
             finally:
                 check_deadline.reset(deadline)
         elapsed = (time.perf_counter() - started) * 1000
-        verdict = self.policy.decide(text, len(normalised.text), matches, elapsed, quoted)
+        verdict = self.policy.decide(text, len(normalised.text), matches, elapsed, rewriting)
         telemetry.CHECKS.labels(verdict.verdict).inc()
         telemetry.CHECK_SECONDS.observe(elapsed / 1000)
         return verdict
 
     async def check_held(self, text: str, *, ceiling_ms: float | None = None, memo: LookupMemo | None = None,
-                         normalised: Normalised | None = None, quoted: set[str] | None = None) -> Verdict:
+                         normalised: Normalised | None = None, rewriting: Rewriting | None = None) -> Verdict:
         """Check text that is held until the verdict (an answer not yet sent): a check past
         `check_timeout_ms` goes on, and a Redis that times out (slow, not gone) is asked again,
         until `ceiling_ms` (default `check_ceiling_ms`). Releasing unchecked text because the
@@ -183,7 +184,7 @@ class Guard:
         while True:
             try:
                 verdict = await self.attempt(text, budget_ms=max(deadline - time.perf_counter(), 0.0) * 1000,
-                                             memo=memo, normalised=normalised, quoted=quoted)
+                                             memo=memo, normalised=normalised, rewriting=rewriting)
                 break
             except RedisTimeout as exc:
                 if time.perf_counter() + _RETRY_PAUSE_S < deadline:

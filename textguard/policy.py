@@ -17,9 +17,11 @@ from textguard.detect import Match
 from textguard.normalise import normalise
 from textguard.settings import Settings
 
-__all__ = ["Policy", "Verdict", "VerdictKind", "work_name", "worst"]
+__all__ = ["REWRITE_STYLES", "Policy", "RewriteStyle", "Rewriting", "Verdict", "VerdictKind", "work_name", "worst"]
 
 VerdictKind = Literal["allow", "rewrite", "block"]
+RewriteStyle = Literal["notice", "quote", "paraphrase"]
+REWRITE_STYLES: tuple[RewriteStyle, ...] = ("notice", "quote", "paraphrase")
 _SEVERITY: dict[VerdictKind, int] = {"allow": 0, "rewrite": 1, "block": 2}
 
 
@@ -45,15 +47,21 @@ class Verdict:
     elapsed_ms: float
     quotations: tuple[Match, ...] = field(default=())  # spans passed as lawful quotation
     skipped: str | None = None  # why the check could not run, if it could not
+    rewrite_style: RewriteStyle | None = None  # how a rewrite replaced the copies
+    paraphrase_failure: str | None = None  # why a paraphrase asked for was not released
 
     def to_dict(self) -> dict[str, Any]:
         """The verdict object of the interface contract (`check --json`, the check API); a
-        skipped check also says why."""
+        skipped check also says why, and a rewrite other than the notice says how it was made."""
         result: dict[str, Any] = {"verdict": self.verdict, "text": self.text, "checked_chars": self.checked_chars,
                                   "matches": [m.to_dict() for m in self.matches],
                                   "elapsed_ms": round(self.elapsed_ms, 3)}
         if self.skipped is not None:
             result["skipped"] = self.skipped
+        if self.rewrite_style not in (None, "notice") or self.paraphrase_failure is not None:
+            result["rewrite_style"] = self.rewrite_style
+        if self.paraphrase_failure is not None:
+            result["paraphrase_failure"] = self.paraphrase_failure
         return result
 
     @classmethod
@@ -63,6 +71,20 @@ class Verdict:
         if block_message is not None:
             return cls("block", block_message, len(text), (), elapsed_ms, skipped=reason)
         return cls("allow", text, len(text), (), elapsed_ms, skipped=reason)
+
+
+@dataclass(slots=True)
+class Rewriting:
+    """How the copies of one answer are replaced, and the works that answer has quoted so far.
+
+    One per answer, shared by its texts (Messages blocks, Responses parts, a stream's checks):
+    rewrite_style "quote" quotes a work once per answer. "paraphrase" is the work of
+    `paraphrase.Paraphraser` on a whole answer; the policy itself replaces copies as
+    `paraphrase_fallback` says, which is what a stream, or a paraphrase not released, gets.
+    """
+
+    style: RewriteStyle
+    quoted: set[str] = field(default_factory=set)
 
 
 def worst(verdicts: Iterable[Verdict]) -> VerdictKind:
@@ -79,8 +101,9 @@ class Policy:
         self.settings = settings
 
     def decide(self, text: str, normalised_chars: int, matches: list[Match], elapsed_ms: float,
-               quoted: set[str] | None = None) -> Verdict:
+               rewriting: Rewriting | None = None) -> Verdict:
         s = self.settings
+        rewriting = rewriting or Rewriting(s.rewrite_style)
         per_work: dict[str, int] = defaultdict(int)
         for match in matches:
             if match.policy != "allow":  # licensed: not a copy, and no part of a mosaic
@@ -94,8 +117,12 @@ class Policy:
         if copied >= s.block_chars or copied >= s.block_ratio * max(normalised_chars, 1) \
                 or any(m.policy == "block" for m in flagged):
             return Verdict("block", self.block_message(flagged), len(text), tuple(flagged), elapsed_ms, quotations)
-        return Verdict("rewrite", self.rewrite(text, flagged, quoted), len(text), tuple(flagged), elapsed_ms,
-                       quotations)
+        return Verdict("rewrite", self.rewrite(text, flagged, rewriting), len(text), tuple(flagged), elapsed_ms,
+                       quotations, rewrite_style=self.applied_style(rewriting.style))
+
+    def applied_style(self, style: RewriteStyle) -> RewriteStyle:
+        """What the policy itself does for `style`: a paraphrase is not its to make."""
+        return self.settings.paraphrase_fallback if style == "paraphrase" else style
 
     def quote_limit(self, match: Match) -> int:
         """Q for `match`: its work's own limit where its terms set one, else the settings'."""
@@ -116,30 +143,28 @@ class Policy:
         works = "》《".join(dict.fromkeys(work_name(m) for m in matches))
         return self.settings.block_message.format(works=works) if works else self.settings.unchecked_message
 
-    def rewrite(self, text: str, flagged: list[Match], quoted: set[str] | None = None) -> str:
-        """`text` with each flagged span replaced (`quoted`: works quoted already in the answer)."""
+    def rewrite(self, text: str, flagged: list[Match], rewriting: Rewriting) -> str:
+        """`text` with each flagged span replaced."""
         pieces: list[str] = []
         position = 0
-        quoted = set() if quoted is None else quoted
         for match in sorted(flagged, key=lambda m: m.start):
             if match.start < position:
                 continue
             pieces.append(text[position:match.start])
-            pieces.append(self.replacement(match, text[match.start:match.end], quoted))
+            pieces.append(self.replacement(match, text[match.start:match.end], rewriting))
             position = match.end
         pieces.append(text[position:])
         return "".join(pieces)
 
-    def replacement(self, match: Match, copied: str, quoted: set[str]) -> str:
+    def replacement(self, match: Match, copied: str, rewriting: Rewriting) -> str:
         """What takes the place of `copied`, the text of `match`: the notice; or, with
-        rewrite_style "quote", for the first copy of each work (`quoted` keeps those already
-        quoted), its opening as an attributed quotation and then the notice for the rest. The
-        quotation keeps two thirds of Q at most: the margin covers a copy that began a few
-        characters before its span."""
+        rewrite_style "quote", for the first copy of each work in the answer, its opening as an
+        attributed quotation and then the notice for the rest. The quotation keeps two thirds
+        of Q at most: the margin covers a copy that began a few characters before its span."""
         work = work_name(match)
-        if self.settings.rewrite_style != "quote" or work in quoted:
+        if self.applied_style(rewriting.style) != "quote" or work in rewriting.quoted:
             return self.notice(match)
-        quoted.add(work)
+        rewriting.quoted.add(work)
         normal = normalise(copied)
         keep = min(self.quote_limit(match) * 2 // 3, len(normal.text))
         opening = copied[:int(normal.offsets[keep - 1]) + 1] if keep else ""

@@ -69,10 +69,28 @@ class Settings:
     """Block when flagged text covers this share of the answer..."""
     block_chars: int = 500
     """...or this many normalised characters."""
-    rewrite_style: Literal["notice", "quote"] = "notice"
-    """What replaces a copied span: the notice, or ("quote") its opening as a quotation naming
+    rewrite_style: Literal["notice", "quote", "paraphrase"] = "notice"
+    """What replaces a copied span: the notice; ("quote") its opening as a quotation naming
     author and work (著作权法 第二十四条), shorter than Q and once per work per answer, then the
-    notice for the rest."""
+    notice for the rest; or ("paraphrase", whole answers only) a restatement by a model, checked
+    again before it is released. A request may ask for another (header
+    `X-TextGuard-Rewrite-Style`, the check API's `rewrite_style`)."""
+    paraphrase_fallback: Literal["notice", "quote"] = "quote"
+    """What a paraphrase not released (copied again, failed, out of time) and a stream get."""
+    paraphrase_url: str | None = None
+    """Base URL (…/v1) of the OpenAI-compatible model asked to restate copies; None: the app the
+    middleware guards, or the proxy's upstream (the client's Authorization goes with it)."""
+    paraphrase_model: str | None = None
+    """The model asked; None: the model that gave the answer (the check API's `model`)."""
+    paraphrase_api_key: str | None = field(default=None, repr=False)
+    """Bearer token sent to `paraphrase_url`."""
+    paraphrase_attempts: int = 2
+    """Restatements tried (each of what the last one still copied) before falling back."""
+    paraphrase_timeout_ms: float = 20_000.0
+    """Longest the model may take over one answer's restatements, all attempts together."""
+    paraphrase_prompt: str = ("请用你自己的话转述下面这段文字的意思。不要沿用原文的句子和措辞，不要引用原文，"
+                              "不要解释，只输出转述，篇幅与原文相近。\n\n{text}")
+    """The instruction sent with each copied span (`{text}`)."""
     notice: str = "〔此处省略受著作权保护的内容，出自《{work}》〕"
     """Replaces a copied span; `{work}`, `{title}`, `{author}` and `{doc_id}` are filled in."""
     block_message: str = "〔该回答大段复制了受著作权保护的作品（《{works}》），已被拦截〕"
@@ -178,7 +196,8 @@ class Settings:
         if self.audit not in ("off", "flagged", "all"):
             raise ConfigError(f"audit must be 'off', 'flagged' or 'all', got {self.audit!r}")
         for name in ("num_perm", "window_shingles", "shingle_tokens", "quote_chars",
-                     "mosaic_chars", "block_chars", "max_postings", "max_check_chars", "audit_max_entries"):
+                     "mosaic_chars", "block_chars", "max_postings", "max_check_chars", "audit_max_entries",
+                     "paraphrase_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_request_bytes", "port"):
@@ -188,6 +207,8 @@ class Settings:
             token = getattr(self, name)
             if token is not None and len(token) < 16:
                 raise ConfigError(f"{name} must be at least 16 characters long")
+        if "{text}" not in self.paraphrase_prompt:
+            raise ConfigError("paraphrase_prompt must contain {text}, where the copied span goes")
         if self.bucket_bits is not None and not 8 <= self.bucket_bits <= 24:
             raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
 

@@ -38,7 +38,7 @@ from textguard import telemetry
 from textguard.detect import LookupMemo, Match
 from textguard.guard import Guard
 from textguard.normalise import GrowingNormal, Normalised, matchable_chars
-from textguard.policy import Verdict, VerdictKind, work_name
+from textguard.policy import Rewriting, Verdict, VerdictKind, work_name
 
 __all__ = ["GuardedStream", "Release"]
 
@@ -57,9 +57,10 @@ class Release:
 class GuardedStream:
     """The incremental guard of one streamed answer (one choice). Not shared between requests."""
 
-    def __init__(self, guard: Guard, quoted_works: set[str] | None = None) -> None:
-        """`quoted_works` is shared by the streams of one answer's texts (rewrite_style "quote":
-        one quotation of a work per answer)."""
+    def __init__(self, guard: Guard, rewriting: Rewriting | None = None) -> None:
+        """`rewriting` is shared by the streams of one answer's texts (rewrite_style "quote":
+        one quotation of a work per answer). A stream cannot be paraphrased, its text being out
+        before the copy is whole: "paraphrase" gets its fallback style."""
         settings = guard.settings
         self._guard = guard
         self._ceiling_ms = settings.check_ceiling_ms
@@ -76,7 +77,7 @@ class GuardedStream:
         self._flagged_chars = 0
         self._quoted: dict[str, int] = defaultdict(int)  # per work: quotation chars already released
         self._counted: set[tuple[str, int]] = set()  # quotations already added to `_quoted`
-        self._quoted_works = set() if quoted_works is None else quoted_works  # works quoted (rewrite_style quote)
+        self._rewriting = rewriting or Rewriting(settings.rewrite_style)
         self.matches: list[Match] = []
         self.blocked = False
         self.finished = False
@@ -163,9 +164,9 @@ class GuardedStream:
                     pieces.append(self.text[position:span.start])
                 if suppressing != span.doc_id or span.start > position:
                     start = max(position, span.start)
-                    quoted = self._quoted_works if span.start >= position else set(self._quoted_works) | {
-                        work_name(span)}  # its opening is out already: no quotation of it
-                    pieces.append(self._guard.policy.replacement(span, self.text[start:span.end], quoted))
+                    rewriting = self._rewriting if span.start >= position else replace(
+                        self._rewriting, quoted={*self._rewriting.quoted, work_name(span)})  # its opening is out
+                    pieces.append(self._guard.policy.replacement(span, self.text[start:span.end], rewriting))
                     self.matches.append(span)
                 self._flagged_chars += int(np.searchsorted(normalised.offsets, span.end)
                                            - np.searchsorted(normalised.offsets, max(position, span.start)))
@@ -195,7 +196,7 @@ class GuardedStream:
         twin._memo = replace(self._memo, copying=set(self._memo.copying))
         twin._quoted = defaultdict(int, self._quoted)
         twin._counted = set(self._counted)
-        twin._quoted_works = set(self._quoted_works)
+        twin._rewriting = replace(self._rewriting, quoted=set(self._rewriting.quoted))
         twin.matches = list(self.matches)
         twin.waits_ms = list(self.waits_ms)
         return twin
@@ -203,7 +204,10 @@ class GuardedStream:
     def summary(self) -> Verdict:
         """The stream's verdict so far, as a whole answer's would be (for the audit log)."""
         kind: VerdictKind = "block" if self.blocked else "rewrite" if self.matches else "allow"
-        return Verdict(kind, "", len(self.text), tuple(self.matches), self.elapsed_ms, skipped=self.skipped)
+        style = self._guard.policy.applied_style(self._rewriting.style) if kind == "rewrite" else None
+        failure = "stream" if style is not None and self._rewriting.style == "paraphrase" else None
+        return Verdict(kind, "", len(self.text), tuple(self.matches), self.elapsed_ms, skipped=self.skipped,
+                       rewrite_style=style, paraphrase_failure=failure)
 
     def _is_copy(self, span: Match, continues: bool) -> bool:
         """Flag spans of Q chars or more (the work's own Q where its terms set one), the rest of a

@@ -23,6 +23,7 @@ __all__ = [
     "CHECK_SECONDS",
     "CHECK_WAIT_SECONDS",
     "HELD_CHARS",
+    "PARAPHRASES",
     "REDIS_ERRORS",
     "SKIPPED",
     "JsonFormatter",
@@ -39,6 +40,8 @@ SKIPPED = Counter("textguard_checks_skipped", "Checks that could not run, by rea
                   "(redis, timeout, encoding, malformed, too_large); the fail mode decided", ["reason"])
 CHECK_SECONDS = Histogram("textguard_check_seconds", "Time one check took",
                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0))
+PARAPHRASES = Counter("textguard_paraphrases", "Paraphrases asked for, by outcome (released, or why not)",
+                      ["outcome"])
 REDIS_ERRORS = Counter("textguard_redis_errors", "Redis errors met by checks and the audit log")
 CHECK_WAIT_SECONDS = Histogram("textguard_check_wait_seconds", "Time a reader waited for a check beyond "
                                "check_timeout_ms (the answer's text stayed held)",

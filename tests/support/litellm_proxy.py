@@ -34,10 +34,15 @@ GUARDRAIL = """\
 """
 
 
-def guardrail(name: str, api_base: str, *, token: str = "", default_on: bool = True, sampling_rate: int = 5) -> str:
-    """One textguard guardrail's entry, as the README gives it."""
-    return GUARDRAIL.format(name=name, api_base=api_base, token=token, default_on=str(default_on).lower(),
-                            sampling_rate=sampling_rate)
+def guardrail(name: str, api_base: str, *, token: str = "", default_on: bool = True, sampling_rate: int = 5,
+              rewrite_style: str | None = None) -> str:
+    """One textguard guardrail's entry, as the README gives it (with `rewrite_style`, in the
+    guardrail's `additional_provider_specific_params`)."""
+    entry = GUARDRAIL.format(name=name, api_base=api_base, token=token, default_on=str(default_on).lower(),
+                             sampling_rate=sampling_rate)
+    if rewrite_style is not None:
+        entry += f"      additional_provider_specific_params: {{rewrite_style: {rewrite_style}}}\n"
+    return entry
 
 
 @contextlib.contextmanager

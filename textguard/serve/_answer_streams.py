@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, NoReturn, Protocol
 
 from textguard.guard import Guard
+from textguard.policy import RewriteStyle, Rewriting
 from textguard.stream import GuardedStream, Release
 
 __all__ = [
@@ -31,6 +32,7 @@ class Sink(Protocol):
     """What a handler needs of the response it writes to."""
 
     guard: Guard
+    rewrite_style: RewriteStyle  # the settings', or the request's own
 
     async def emit(self, payload: Any, event: str | None = None) -> None:
         """Send one event (SSE, named `event`) or line (NDJSON)."""
@@ -47,13 +49,13 @@ class AnswerStream:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.streams: dict[Any, GuardedStream] = {}
-        self.quoted: set[str] = set()  # works quoted so far in the answer (rewrite_style "quote")
+        self.rewriting = Rewriting(sink.rewrite_style)  # the answer's, shared by its texts
 
     def stream(self, key: Any) -> GuardedStream:
         stream = self.streams.get(key)
         if stream is None:
-            shared = self.quoted if self.one_answer else None
-            stream = self.streams[key] = GuardedStream(self.sink.guard, shared)
+            rewriting = self.rewriting if self.one_answer else Rewriting(self.sink.rewrite_style)
+            stream = self.streams[key] = GuardedStream(self.sink.guard, rewriting)
         return stream
 
     async def on(self, payload: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "REQUEST_ID_HEADER",
+    "REWRITE_STYLE_HEADER",
     "SKIPPED_HEADER",
     "VERDICT_HEADER",
     "BodyLimit",
@@ -36,6 +37,7 @@ __all__ = [
 VERDICT_HEADER = "x-textguard-verdict"
 SKIPPED_HEADER = "x-textguard-skipped"
 REQUEST_ID_HEADER = "x-request-id"
+REWRITE_STYLE_HEADER = "x-textguard-rewrite-style"  # asked for by a request; done, on a whole answer
 
 
 def error_body(status: int, message: str, code: str) -> bytes:

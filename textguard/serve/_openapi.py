@@ -43,7 +43,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "CheckRequest": {
         "type": "object", "required": ["text"],
-        "properties": {"text": {"type": "string", "description": "The text to check (a model's answer)."}},
+        "properties": {
+            "text": {"type": "string", "description": "The text to check (a model's answer)."},
+            "rewrite_style": {"type": "string", "enum": ["notice", "quote", "paraphrase"],
+                              "description": "How copies are replaced (default: the server's setting)."},
+            "model": {"type": "string", "description": "The model asked to paraphrase, unless the server names "
+                                                       "one (paraphrase_model)."},
+        },
     },
     "Match": {
         "type": "object",
@@ -70,6 +76,13 @@ _SCHEMAS: dict[str, Any] = {
             "elapsed_ms": {"type": "number"},
             "skipped": {"type": "string", "description": "Present when the check could not run (redis, timeout); "
                                                          "the fail mode then decided the verdict."},
+            "rewrite_style": {"type": "string", "enum": ["notice", "quote", "paraphrase"],
+                              "description": "How a rewrite replaced the copies; absent for the notice "
+                                             "unless a paraphrase was asked for."},
+            "paraphrase_failure": {"type": "string",
+                                   "enum": ["copied_again", "timeout", "model_error", "unchecked", "no_model"],
+                                   "description": "Why a paraphrase asked for was not released (the "
+                                                  "fallback style was used)."},
         },
     },
     "GuardrailRequest": {
@@ -86,7 +99,9 @@ _SCHEMAS: dict[str, Any] = {
             "litellm_trace_id": {"type": ["string", "null"]},
             "additional_provider_specific_params": {
                 "type": "object",
-                "properties": {"check_requests": {"type": "boolean", "description": "Check prompts too."}}},
+                "properties": {"check_requests": {"type": "boolean", "description": "Check prompts too."},
+                               "rewrite_style": {"type": "string", "enum": ["notice", "quote", "paraphrase"]}}},
+            "model": {"type": ["string", "null"], "description": "The model that answered (asked to paraphrase)."},
         },
     },
     "GuardrailResponse": {

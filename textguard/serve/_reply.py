@@ -10,7 +10,8 @@ from typing import NoReturn, Protocol
 from textguard._asgi import Send
 from textguard.audit import AuditLog
 from textguard.guard import Guard
-from textguard.policy import Verdict
+from textguard.paraphrase import Paraphraser
+from textguard.policy import RewriteStyle, Rewriting, Verdict
 from textguard.settings import Settings
 
 __all__ = ["Answer", "Reply", "Stopped"]
@@ -40,6 +41,9 @@ class Reply:
     guard: Guard
     audit: AuditLog
     path: str
+    paraphraser: Paraphraser
+    rewrite_style: RewriteStyle  # the settings', or the request's own
+    authorization: str | None = None  # the client's, for a paraphrase asked of the app it called
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -54,6 +58,12 @@ class Reply:
         await self.body(b"", more=False)
         self.stopped.set()
         raise Stopped
+
+    async def check_whole(self, text: str, rewriting: Rewriting, model: str | None = None) -> Verdict:
+        """Check an answer's text held whole, and paraphrase its copies if the answer asked to."""
+        verdict = await self.guard.check_held(text, rewriting=rewriting)
+        return await self.paraphraser.restate(text, verdict, rewriting, model=model,
+                                              authorization=self.authorization)
 
     async def record(self, verdict: Verdict, text: str) -> None:
         await self.audit.record(verdict, self.path, text)

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from textguard._asgi import Message
 from textguard.guard import Guard
+from textguard.policy import RewriteStyle
 from textguard.serve._answer_streams import AnswerStream, pick
 from textguard.serve._http import SKIPPED_HEADER, compact_json, decoder, response_headers, with_headers
 from textguard.serve._reply import Reply
@@ -31,6 +32,7 @@ class StreamedAnswer:
     def __init__(self, reply: Reply, start: Message, lines: bool) -> None:
         self.reply = reply
         self.guard: Guard = reply.guard
+        self.rewrite_style: RewriteStyle = reply.rewrite_style
         self.start_message = start
         self.lines = lines
         self.parser: EventParser | LineParser = LineParser() if lines else EventParser()

@@ -15,10 +15,11 @@ from typing import Any
 
 from textguard import telemetry
 from textguard._asgi import Message
-from textguard.policy import Verdict, worst
+from textguard.policy import Rewriting, Verdict, worst
 from textguard.serve._answer_fields import answer_fields
 from textguard.serve._http import (
     REQUEST_ID_HEADER,
+    REWRITE_STYLE_HEADER,
     SKIPPED_HEADER,
     VERDICT_HEADER,
     compact_json,
@@ -96,7 +97,7 @@ class WholeAnswer:
 
     async def _check_text(self, body: bytes) -> None:
         text = body.decode("utf-8", "replace")
-        verdict = await self.reply.guard.check_held(text)
+        verdict = await self.reply.check_whole(text, Rewriting(self.reply.rewrite_style))
         await self._respond(body if verdict.verdict == "allow" else verdict.text.encode(), [verdict])
         await self.reply.record(verdict, text)
 
@@ -109,10 +110,12 @@ class WholeAnswer:
             await self._unchecked("unknown_format", mark_allowed=False)
             return
         checked = []
-        quoted: dict[int, set[str]] = {}  # per answer: its works quoted so far, whatever its number of texts
+        rewritings: dict[int, Rewriting] = {}  # per answer (chat choice), whatever its number of texts
+        model = payload.get("model") if isinstance(payload.get("model"), str) else None
         for field in fields:
             text = field.holder[field.key]
-            verdict = await self.reply.guard.check_held(text, quoted=quoted.setdefault(field.answer, set()))
+            rewriting = rewritings.setdefault(field.answer, Rewriting(self.reply.rewrite_style))
+            verdict = await self.reply.check_whole(text, rewriting, model)
             if verdict.verdict != "allow":
                 field.holder[field.key] = verdict.text
             if verdict.verdict == "block":
@@ -130,6 +133,9 @@ class WholeAnswer:
 
     async def _respond(self, body: bytes, verdicts: list[Verdict]) -> None:
         headers = {VERDICT_HEADER: worst(verdicts), "content-length": str(len(body))}
+        styles = sorted({v.rewrite_style for v in verdicts if v.rewrite_style and v.verdict == "rewrite"})
+        if styles:
+            headers[REWRITE_STYLE_HEADER] = ",".join(styles)
         skipped = sorted({v.skipped for v in verdicts if v.skipped})
         if skipped:
             headers[SKIPPED_HEADER] = ",".join(skipped)

@@ -30,7 +30,8 @@ from textguard.audit import AuditLog
 from textguard.corpus import Corpus, document_from_record
 from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
-from textguard.policy import Verdict
+from textguard.paraphrase import Paraphraser
+from textguard.policy import REWRITE_STYLES, Rewriting
 from textguard.serve._http import SKIPPED_HEADER, VERDICT_HEADER, error_body
 from textguard.serve.litellm import PATH as LITELLM_PATH
 from textguard.serve.litellm import LiteLLMGuardrail
@@ -78,10 +79,12 @@ def _handles_bad_requests(endpoint: Endpoint) -> Endpoint:
 class CheckAPI:
     """The endpoints, bound to one Guard (and, for the admin endpoints, one Corpus)."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, paraphraser: Paraphraser | None = None) -> None:
+        """`paraphraser`: how copies are restated (default: only a `paraphrase_url` is asked)."""
         self.guard = guard
         self.settings = guard.settings
-        self.litellm = LiteLLMGuardrail(guard, AuditLog(guard.redis, guard.settings))
+        self.paraphraser = paraphraser or Paraphraser(guard)
+        self.litellm = LiteLLMGuardrail(guard, AuditLog(guard.redis, guard.settings), self.paraphraser)
         self._corpus: Corpus | None = None
 
     def routes(self) -> list[Route]:
@@ -101,15 +104,20 @@ class CheckAPI:
             ]
         return routes
 
-    async def _check(self, text: str) -> Verdict:
-        return await self.guard.check(text, budget_ms=self.settings.api_check_timeout_ms)
-
     async def check(self, request: Request) -> Response:
         payload = await _json_object(request)
         text = payload.get("text")
         if not isinstance(text, str):
             raise _BadRequest("'text' must be a string")
-        verdict = await self._check(text)
+        style = payload.get("rewrite_style", self.settings.rewrite_style)
+        if style not in REWRITE_STYLES:
+            raise _BadRequest(f"'rewrite_style' must be one of {', '.join(REWRITE_STYLES)}, not {style!r}")
+        model = payload.get("model")
+        if model is not None and not isinstance(model, str):
+            raise _BadRequest("'model' must be a string")
+        rewriting = Rewriting(style)
+        verdict = await self.guard.check(text, budget_ms=self.settings.api_check_timeout_ms, rewriting=rewriting)
+        verdict = await self.paraphraser.restate(text, verdict, rewriting, model=model)
         headers: dict[str, str] = {VERDICT_HEADER: verdict.verdict}
         if verdict.skipped:
             headers[SKIPPED_HEADER] = verdict.skipped
@@ -171,6 +179,7 @@ class CheckAPI:
 
     async def aclose(self) -> None:
         await self.litellm.close()
+        await self.paraphraser.aclose()
         if self._corpus is not None:
             self._corpus.close()
             self._corpus = None

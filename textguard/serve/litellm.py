@@ -35,7 +35,8 @@ from typing import Any
 
 from textguard.audit import AuditLog
 from textguard.guard import Guard
-from textguard.policy import Verdict
+from textguard.paraphrase import Paraphraser
+from textguard.policy import REWRITE_STYLES, RewriteStyle, Rewriting, Verdict
 from textguard.stream import GuardedStream
 
 __all__ = ["PATH", "LiteLLMGuardrail"]
@@ -52,8 +53,9 @@ class _RewritesDropped(Exception):
 class _Answer:
     """One text (choice) of one call: what it was fed, and what is final of what it returned."""
 
-    def __init__(self, guard: Guard, text: str, first: Verdict) -> None:
+    def __init__(self, guard: Guard, text: str, first: Verdict, style: RewriteStyle) -> None:
         self._guard = guard
+        self._style = style
         self.text = text  # the latest posted
         self.first = first  # the whole-answer check of the first post
         self.fed = text  # the answer as LiteLLM received it, so far
@@ -73,7 +75,7 @@ class _Answer:
                 raise _RewritesDropped
             return self.released, 0  # not the text grown, as LiteLLM always sends it: keep it held
         if self.stream is None:
-            self.stream, new = GuardedStream(self._guard), text
+            self.stream, new = GuardedStream(self._guard, Rewriting(self._style)), text
         else:
             new = text[len(self.fed):]
         release = await self.stream.feed(new) if new else None
@@ -98,6 +100,14 @@ class _Answer:
         return self.first if self.stream is None else self.stream.summary()
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a call asked of the guard: its rewrite style, and the model that answered."""
+
+    style: RewriteStyle
+    model: str | None
+
+
 @dataclass
 class _Call:
     answers: list[_Answer]
@@ -108,34 +118,52 @@ class _Call:
 class LiteLLMGuardrail:
     """The endpoint's logic, bound to one Guard; keeps the calls under way."""
 
-    def __init__(self, guard: Guard, audit: AuditLog) -> None:
+    def __init__(self, guard: Guard, audit: AuditLog, paraphraser: Paraphraser) -> None:
         self.guard = guard
         self.audit = audit
+        self.paraphraser = paraphraser
         self._calls: OrderedDict[str, _Call] = OrderedDict()
 
     async def answer(self, payload: dict[str, Any]) -> dict[str, Any]:
         """LiteLLM's contract: action NONE, GUARDRAIL_INTERVENED (with the rewritten `texts`) or
         BLOCKED (with `blocked_reason`). Only answers are checked unless the guardrail's
         `additional_provider_specific_params` set `check_requests`: quoting a protected work in
-        a prompt is the user's act, not the model's."""
+        a prompt is the user's act, not the model's. Those params (the guardrail's config, or a
+        request's own) may also name a `rewrite_style`."""
         texts = payload.get("texts")
         if texts is None:
             return {"action": "NONE"}
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ValueError("'texts' must be a list of strings")
         params = payload.get("additional_provider_specific_params") or {}
+        if not isinstance(params, dict):
+            raise ValueError("'additional_provider_specific_params' must be an object")
+        style = params.get("rewrite_style", self.guard.settings.rewrite_style)
+        if style not in REWRITE_STYLES:
+            raise ValueError(f"'rewrite_style' must be one of {', '.join(REWRITE_STYLES)}, not {style!r}")
+        model = payload.get("model") if isinstance(payload.get("model"), str) else None
+        asked = _Asked(style, model)
         if payload.get("input_type") == "request":
-            if not (isinstance(params, dict) and params.get("check_requests")):
+            if not params.get("check_requests"):
                 return {"action": "NONE"}
-            return await self._whole(texts, "request")
+            return await self._whole(texts, "request", asked)
         call_id = payload.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
-            return await self._whole(texts, "response")
-        return await self._post(call_id, texts)
+            return await self._whole(texts, "response", asked)
+        return await self._post(call_id, texts, asked)
 
-    async def _whole(self, texts: Sequence[str], kind: str) -> dict[str, Any]:
+    async def _check(self, texts: Sequence[str], asked: _Asked) -> list[Verdict]:
+        """Each text checked whole, its copies paraphrased if the call asked for it."""
+        verdicts = []
+        for text in texts:
+            rewriting = Rewriting(asked.style)
+            verdict = await self.guard.check_held(text, rewriting=rewriting)
+            verdicts.append(await self.paraphraser.restate(text, verdict, rewriting, model=asked.model))
+        return verdicts
+
+    async def _whole(self, texts: Sequence[str], kind: str, asked: _Asked) -> dict[str, Any]:
         """Texts that are not a stream's: judged whole, now."""
-        verdicts = [await self.guard.check_held(text) for text in texts]
+        verdicts = await self._check(texts, asked)
         for verdict, text in zip(verdicts, texts, strict=True):
             await self.audit.record(verdict, f"{PATH} ({kind})", text)
         return self._whole_answer(verdicts)
@@ -149,11 +177,11 @@ class LiteLLMGuardrail:
             return {"action": "GUARDRAIL_INTERVENED", "texts": [v.text for v in verdicts]}
         return {"action": "NONE"}
 
-    async def _post(self, call_id: str, texts: list[str]) -> dict[str, Any]:
+    async def _post(self, call_id: str, texts: list[str], asked: _Asked) -> dict[str, Any]:
         await self._forget_idle()
         call = self._calls.get(call_id)
         if call is None or len(call.answers) != len(texts):
-            return await self._first_post(call_id, texts)
+            return await self._first_post(call_id, texts, asked)
         self._calls.move_to_end(call_id)
         call.last_post = time.monotonic()
         async with call.lock:
@@ -171,16 +199,18 @@ class LiteLLMGuardrail:
             response["texts"] = returned
         return response
 
-    async def _first_post(self, call_id: str, texts: list[str]) -> dict[str, Any]:
+    async def _first_post(self, call_id: str, texts: list[str], asked: _Asked) -> dict[str, Any]:
         """Judge the texts whole (a whole answer has no other post) and hold all of them (a
-        stream's first post is not its answer)."""
-        verdicts = [await self.guard.check_held(text) for text in texts]
+        stream's first post is not its answer: a paraphrase there reaches no client, and the
+        stream's later posts get the fallback style)."""
+        verdicts = await self._check(texts, asked)
         response = self._whole_answer(verdicts)
         if response["action"] == "BLOCKED":
             for verdict, text in zip(verdicts, texts, strict=True):
                 await self.audit.record(verdict, PATH, text)
             return response
-        answers = [_Answer(self.guard, text, verdict) for text, verdict in zip(texts, verdicts, strict=True)]
+        answers = [_Answer(self.guard, text, verdict, asked.style)
+                   for text, verdict in zip(texts, verdicts, strict=True)]
         self._calls[call_id] = _Call(answers)
         while len(self._calls) > _MAX_CALLS:
             await self._record(self._calls.popitem(last=False)[1])

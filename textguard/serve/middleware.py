@@ -15,11 +15,23 @@ import asyncio
 import fnmatch
 import logging
 
+from starlette.datastructures import Headers
+
 from textguard import telemetry
 from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 from textguard.audit import AuditLog
 from textguard.guard import Guard
-from textguard.serve._http import REQUEST_ID_HEADER, is_json, request_id, response_headers, with_headers
+from textguard.paraphrase import Paraphraser
+from textguard.policy import REWRITE_STYLES
+from textguard.serve._http import (
+    REQUEST_ID_HEADER,
+    REWRITE_STYLE_HEADER,
+    is_json,
+    request_id,
+    response_headers,
+    send_error,
+    with_headers,
+)
 from textguard.serve._reply import Answer, Reply, Stopped
 from textguard.serve._streamed import StreamedAnswer
 from textguard.serve._whole import WholeAnswer
@@ -45,6 +57,7 @@ class TextGuardMiddleware:
         self.app = app
         self.guard = guard or Guard(settings or Settings.load())
         self.paths = paths if paths is not None else self.guard.settings.guard_paths
+        self.paraphraser = Paraphraser(self.guard, app=app)
         self._audit: AuditLog | None = None
         self._logs_checked = False
 
@@ -62,9 +75,17 @@ class TextGuardMiddleware:
         if not self._logs_checked:  # at the first request: the host server has set up its logging by now
             telemetry.keep_logs_visible()
             self._logs_checked = True
+        headers = Headers(scope=scope)
+        style = headers.get(REWRITE_STYLE_HEADER, self.guard.settings.rewrite_style).strip().lower()
+        if style not in REWRITE_STYLES:
+            await send_error(send, 400, f"{REWRITE_STYLE_HEADER} must be one of {', '.join(REWRITE_STYLES)}, "
+                             f"not {style!r}", "invalid_rewrite_style")
+            return
         token = telemetry.request_id.set(request_id(scope))
         try:
-            await _Responder(self, scope, receive, send).run()
+            reply = Reply(send, self.guard, self.audit, scope["path"], self.paraphraser, style,
+                          headers.get("authorization"))
+            await _Responder(self.app, reply, scope, receive).run()
         finally:
             telemetry.request_id.reset(token)
 
@@ -72,12 +93,12 @@ class TextGuardMiddleware:
 class _Responder:
     """One request: the app's receive and send wrapped, and the handler of its answer's kind."""
 
-    def __init__(self, middleware: TextGuardMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
-        self.app = middleware.app
+    def __init__(self, app: ASGIApp, reply: Reply, scope: Scope, receive: Receive) -> None:
+        self.app = app
         self.scope = scope
         self.receive = receive
-        self.send = send
-        self.reply = Reply(send, middleware.guard, middleware.audit, scope["path"])
+        self.send = reply.send
+        self.reply = reply
         self.answer: Answer | None = None  # None: the response passes byte for byte
 
     async def run(self) -> None:

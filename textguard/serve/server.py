@@ -25,6 +25,7 @@ from starlette.routing import Route
 from textguard import telemetry
 from textguard._asgi import ASGIApp
 from textguard.guard import Guard
+from textguard.paraphrase import Paraphraser
 from textguard.serve._http import BodyLimit, RequestTooLarge
 from textguard.serve.api import CheckAPI, error
 from textguard.serve.middleware import TextGuardMiddleware
@@ -41,8 +42,8 @@ def create_app(settings: Settings, *, guard: Guard | None = None) -> ASGIApp:
     """The app for `settings`: a guarded proxy when `settings.upstream_url` is set, else the
     check API alone."""
     guard = guard or Guard(settings)
-    api = CheckAPI(guard)
     forwarder = Forwarder(settings) if settings.upstream_url else None
+    api = CheckAPI(guard, Paraphraser(guard, app=forwarder))  # the check API paraphrases through the upstream
     async def metrics(request: Request) -> Response:
         body, content_type = telemetry.exposition()
         return Response(body, media_type=content_type)
