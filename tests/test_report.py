@@ -1,5 +1,6 @@
 """The HTML report, opened in headless Chromium: no console errors, no fetches, a table that
-sorts, filters and pages, and highlights on the right characters."""
+sorts, filters and pages, highlights on the right characters, and the evaluation's intervals,
+authors, comparison with a baseline and provenance."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.support.helpers import BACK, FRONT, piece, records_longer_than, write_jsonl
 from textguard import Settings
-from textguard.report import render
+from textguard.comparison import compare_runs
+from textguard.report import render, write_report
 from textguard.scan import ScanOptions, read_results, run_scan
-from textguard.summary import summarise
+from textguard.summary import provenance, summarise, work_of
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
@@ -182,3 +184,37 @@ def test_large_report_renders_one_page_at_a_time(browser: WebDriver, scanned: li
     assert browser.find_element(By.ID, "count").text == "共 6000 条，显示 " + str(sum(
         1 for i in range(6000) if i % 700 >= 650)) + " 条"
     assert console_errors(browser) == []
+
+
+def test_report_shows_intervals_authors_the_comparison_and_provenance(browser: WebDriver, scanned: list[dict],
+                                                                      indexed: Settings, tmp_path: Path) -> None:
+    """A baseline that flagged 20 fewer answers (those answers clean in it), and the settings
+    and index of the run: every new section is there, and the page still fetches nothing."""
+    flagged_ids = [r["id"] for r in scanned if r["verdict"] != "allow"][:20]
+    baseline = [{**r, "verdict": "allow", "matches": [], "metrics": {**r["metrics"], "longest_run": 0,
+                                                                    "coverage": 0.0}}
+                if r["id"] in flagged_ids else r for r in scanned]
+    baseline_path = write_jsonl(tmp_path / "baseline.jsonl", baseline)
+    summary = summarise(scanned, quote_chars=50)
+    summary["comparison"] = compare_runs(scanned, baseline_path, quote_chars=50)
+    summary["provenance"] = provenance(indexed)
+    path = tmp_path / "report.html"
+    written = write_report(path, scanned, summary, source="答案.jsonl")
+    assert [p.name for p in written] == ["report.html", "report.json", "report.works.csv", "report.authors.csv",
+                                         "report.comparison.csv"]
+    browser.get_log("browser"), browser.get_log("performance")
+    browser.get(path.as_uri())
+    WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#flagged tbody tr"))
+    assert console_errors(browser) == [] and requested_urls(browser) == [path.as_uri()]
+
+    intervals = browser.find_element(By.ID, "intervals").text
+    assert "95% 置信区间" in intervals and f"{summary['intervals']['flagged']['low']:.2%}" in intervals
+    assert "少于设定的最低 1,000 条" in browser.find_element(By.ID, "sample-warning").text
+    authors = browser.find_elements(By.CSS_SELECTOR, "#authors-table tbody tr")
+    assert len(authors) == len(summary["authors"]) >= 5
+    rows = browser.find_elements(By.CSS_SELECTOR, "#comparison-table tbody tr")
+    assert len(rows) == 3 and "+" in rows[0].text  # this run flagged more than the baseline
+    moved = browser.find_elements(By.CSS_SELECTOR, "#moved-table tbody tr")
+    works_dropped = sum(len({work_of(m) for m in r["matches"]}) for r in scanned if r["id"] in flagged_ids)
+    assert moved and sum(int(row.find_elements(By.TAG_NAME, "td")[4].text) for row in moved) == works_dropped
+    assert summary["provenance"]["index"]["fingerprint"] in browser.find_element(By.ID, "provenance").text

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from textguard import probe, report, scan, summary, telemetry
+from textguard import comparison, probe, report, scan, summary, telemetry
 from textguard._redis import connect_sync, unavailable_on_error
 from textguard.audit import AuditReader, write_entries
 from textguard.corpus import Corpus, FieldNames
@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     scanning.add_argument("--report", type=Path, help="also write a self-contained HTML report here")
     scanning.add_argument("--summary", type=Path, help="summary JSON (default: next to --out, as NAME.summary.json)")
     scanning.add_argument("--json", action="store_true", help="print the summary as JSON")
+    scanning.add_argument("--baseline", type=Path, metavar="OTHER_OUT.jsonl",
+                          help="the results of the same inputs scanned for another model: compare, answer by answer")
+    scanning.add_argument("--min-answers", type=int,
+                          help="answers the rates should rest on (default: setting min_sample_answers, 1000)")
     scanning.add_argument("--text-field", default="output", help="field holding the answer (default: output)")
     scanning.add_argument("--id-field", default="id", help="field holding the id (default: id; else the line number)")
     scanning.add_argument("--reference-field", help="field holding the true continuation (probes: 'reference')")
@@ -347,6 +351,8 @@ def _scan(args: argparse.Namespace) -> int:
                                args.format, args.workers, args.shard, args.batch)
     total = scan.count_lines(options)  # (also says at once when the input cannot be read)
     scan.ensure_ready(settings).close()  # and when Redis or the index cannot be used
+    if args.baseline is not None:
+        comparison.check_baseline(args.baseline)
     reported = 0
     with tqdm(total=total, unit="answer", desc="scanning", disable=args.quiet,
               file=sys.stderr) as bar:
@@ -359,12 +365,23 @@ def _scan(args: argparse.Namespace) -> int:
                 bar.write("textguard: further malformed lines are counted in the summary", file=sys.stderr)
 
         counts = scan.run_scan(settings, options, progress=bar.update, on_malformed=malformed)
-    totals = summary.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars)
+    minimum = args.min_answers if args.min_answers is not None else settings.min_sample_answers
+    totals = summary.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars,
+                               min_answers=minimum)
+    totals["provenance"] = summary.provenance(settings)
+    if args.baseline is not None:
+        totals["comparison"] = comparison.compare_runs(scan.read_results(options.out), args.baseline,
+                                                       quote_chars=settings.quote_chars)
     summary_path = args.summary or options.out.with_name(options.out.stem + ".summary.json")
     summary_path.write_text(json.dumps(totals, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.report:
         report.write_report(args.report, scan.read_results(options.out), totals, source=args.input)
-    print(json.dumps(totals, ensure_ascii=False) if args.json else summary.format_summary(totals))
+    if args.json:
+        print(json.dumps(totals, ensure_ascii=False))
+    else:
+        print(summary.format_summary(totals))
+        if "comparison" in totals:
+            print(comparison.format_comparison(totals["comparison"]))
     return 0
 
 

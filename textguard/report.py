@@ -9,7 +9,9 @@ untrusted text: it is only ever inserted as text, never as markup.
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -62,8 +64,12 @@ def render(records: Iterable[dict[str, Any]], summary: dict[str, Any], source: s
         "__GENERATED__": html.escape(generated),
         "__SUMMARY__": _summary_html(summary),
         "__CHART__": _chart_svg(summary["longest_run"]),
+        "__INTERVALS__": _intervals_html(summary),
         "__WORKS__": _works_html(summary["works"]),
+        "__AUTHORS__": _authors_html(summary["authors"]),
+        "__COMPARISON__": _comparison_html(summary.get("comparison")),
         "__PROBES__": _probes_html(summary.get("probes")),
+        "__PROVENANCE__": _provenance_html(summary.get("provenance")),
         "__DATA__": data,
     }
     for marker, value in parts.items():
@@ -71,11 +77,41 @@ def render(records: Iterable[dict[str, Any]], summary: dict[str, Any], source: s
     return template
 
 
-def write_report(path: Path, records: Iterable[dict[str, Any]], summary: dict[str, Any], source: str = "") -> None:
-    try:
-        path.write_text(render(records, summary, source), encoding="utf-8")
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot write the report ({exc.strerror})") from exc
+def write_report(path: Path, records: Iterable[dict[str, Any]], summary: dict[str, Any],
+                 source: str = "") -> list[Path]:
+    """The HTML report at `path`, and beside it the summary as JSON and its tables as CSV (for
+    a spreadsheet or an auditor's own tools): NAME.json, NAME.works.csv, NAME.authors.csv and,
+    with a baseline, NAME.comparison.csv. Returns the paths written."""
+    written = {path: render(records, summary, source),
+               path.with_suffix(".json"): json.dumps(summary, ensure_ascii=False, indent=1) + "\n",
+               path.with_suffix(".works.csv"): _csv(summary["works"], _RATE_COLUMNS),
+               path.with_suffix(".authors.csv"): _csv(summary["authors"], _RATE_COLUMNS)}
+    if "comparison" in summary:
+        written[path.with_suffix(".comparison.csv")] = _csv(summary["comparison"]["works_moved"], {})
+    for target, text in written.items():
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ReportError(f"{target}: cannot write the report ({exc.strerror})") from exc
+    return list(written)
+
+
+_RATE_COLUMNS = {"rate": ("rate", "rate_low", "rate_high")}  # an interval becomes three columns
+
+
+def _csv(rows: list[dict[str, Any]], intervals: dict[str, tuple[str, str, str]]) -> str:
+    """`rows` as CSV, each interval field spread over its three columns."""
+    flat = []
+    for row in rows:
+        cells = {key: value for key, value in row.items() if key not in intervals}
+        for key, (estimate, low, high) in intervals.items():
+            cells.update({estimate: row[key]["estimate"], low: row[key]["low"], high: row[key]["high"]})
+        flat.append(cells)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(flat[0]) if flat else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return out.getvalue()
 
 
 def _summary_html(summary: dict[str, Any]) -> str:
@@ -119,14 +155,86 @@ def _chart_svg(longest: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _share(interval: dict[str, float], signed: bool = False) -> str:
+    """A rate and its 95% interval, as the report writes them."""
+    form = "{:+.2%}" if signed else "{:.2%}"
+    return (f"{form.format(interval['estimate'])}（95% 置信区间 {form.format(interval['low'])} 至 "
+            f"{form.format(interval['high'])}）")
+
+
+def _intervals_html(summary: dict[str, Any]) -> str:
+    intervals, sample = summary["intervals"], summary["sample"]
+    lines = [f"被标记（改写或拦截）的回答占 {_share(intervals['flagged'])}；最长连续相同达到 "
+             f"{summary['longest_run']['quote_chars']} 字的回答占 {_share(intervals['at_least_quote_chars'])}；"
+             f"平均复制覆盖率 {_share(intervals['coverage_mean'])}。"]
+    text = f'<p id="intervals">{html.escape(lines[0])}</p>'
+    if not sample["meets_minimum"]:
+        text += (f'<p class="warning" id="sample-warning">样本量 {sample["answers"]:,} 条，少于设定的最低 '
+                 f'{sample["minimum"]:,} 条：以上比例的置信区间较宽，不宜据以下结论。</p>')
+    return text
+
+
+def _table(table_id: str, headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    """A table of escaped cells; columns from `numeric_from` on are numbers."""
+    def cell(index: int, value: str, tag: str) -> str:
+        numeric = ' class="num"' if index >= numeric_from else ""
+        return f"<{tag}{numeric}>{html.escape(value)}</{tag}>"
+
+    head = "".join(cell(i, h, "th") for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(cell(i, v, "td") for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f'<table class="works" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _works_html(works: list[dict[str, Any]]) -> str:
     if not works:
         return '<p class="empty">没有回答被判定为复制受保护作品。</p>'
-    body = "".join(f"<tr><td>《{html.escape(w['work'])}》</td><td>{html.escape(w['author'])}</td>"
-                   f"<td class=\"num\">{w['answers']:,}</td><td class=\"num\">{w['copied_chars']:,}</td></tr>"
-                   for w in works)
-    return ('<table class="works"><thead><tr><th>作品</th><th>作者</th><th>涉及回答</th><th>复制字数</th>'
-            f"</tr></thead><tbody>{body}</tbody></table>")
+    return _table("works-table", ["作品", "作者", "涉及回答", "回答占比", "复制字数"],
+                  [[f"《{w['work']}》", w["author"], f"{w['answers']:,}", _share(w["rate"]), f"{w['copied_chars']:,}"]
+                   for w in works], numeric_from=2)
+
+
+def _authors_html(authors: list[dict[str, Any]]) -> str:
+    if not authors:
+        return '<p class="empty">没有回答被判定为复制受保护作品。</p>'
+    return _table("authors-table", ["作者", "作品数", "涉及回答", "回答占比", "复制字数"],
+                  [[a["author"] or "（未署名）", f"{a['works']:,}", f"{a['answers']:,}", _share(a["rate"]),
+                    f"{a['copied_chars']:,}"] for a in authors], numeric_from=1)
+
+
+def _comparison_html(comparison: dict[str, Any] | None) -> str:
+    if not comparison:
+        return ""
+    rows = []
+    for key, name in (("flagged", "被标记的回答"), ("at_least_quote_chars", "连续相同达到引用上限的回答")):
+        figure = comparison[key]
+        rows.append([name, _share(figure["run"]), _share(figure["baseline"]), _share(figure["difference"], True),
+                     f"{figure['p_value']:.3g}（{figure['only_run']:,} / {figure['only_baseline']:,}）"])
+    coverage = comparison["coverage_mean"]
+    rows.append(["平均复制覆盖率", f"{coverage['run']:.2%}", f"{coverage['baseline']:.2%}",
+                 _share(coverage["difference"], True), "—"])
+    figures = _table("comparison-table", ["指标", "本次", "基线", "差值", "McNemar p（仅本次 / 仅基线）"], rows,
+                     numeric_from=1)
+    moved = '<p class="empty">没有作品的涉及回答数发生变化。</p>'
+    if comparison["works_moved"]:
+        moved = _table("moved-table", ["作品", "作者", "本次涉及回答", "基线涉及回答", "差值", "McNemar p"],
+                       [[f"《{w['work']}》", w["author"], f"{w['run_answers']:,}", f"{w['baseline_answers']:,}",
+                         f"{w['difference']:+,}", f"{w['p_value']:.3g}"] for w in comparison["works_moved"]],
+                       numeric_from=2)
+    return (f'<section id="comparison"><h2>与基线对比</h2><p>基线：{html.escape(comparison["baseline"])} · 配对回答 '
+            f'{comparison["paired_answers"]:,} 条（仅本次 {comparison["only_in_run"]:,}，仅基线 '
+            f'{comparison["only_in_baseline"]:,}，不计入）。差值为本次减基线；p &lt; 0.05 视为超出随机波动。</p>'
+            f"{figures}<h3>变化最大的作品</h3>{moved}</section>")
+
+
+def _provenance_html(provenance: dict[str, Any] | None) -> str:
+    if not provenance:
+        return ""
+    index = provenance["index"]
+    items = [("textguard", provenance["textguard"]), ("索引指纹", index["fingerprint"]),
+             ("索引规模", f"{index['documents']:,} 篇，{index['characters']:,} 字，{index['windows']:,} 个窗口"),
+             *((name, str(value)) for name, value in provenance["settings"].items())]
+    rows = "".join(f"<dt>{html.escape(name)}</dt><dd>{html.escape(value)}</dd>" for name, value in items)
+    return f'<section id="provenance"><h2>可复现信息</h2><dl>{rows}</dl></section>'
 
 
 def _probes_html(probes: dict[str, Any] | None) -> str:

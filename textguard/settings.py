@@ -133,6 +133,11 @@ class Settings:
     max_check_chars: int = 200_000
     """Longest answer checked; a longer one is a skipped check (`too_large`): the fail mode decides."""
 
+    # What evaluations rest on.
+    min_sample_answers: int = 1000
+    """Answers a scan's rates should rest on (TC260 practice: at least 1,000 generated-content
+    test questions); a summary of fewer says so."""
+
     # What is kept of what the guard did.
     audit: Literal["off", "flagged", "all"] = "flagged"
     """Audit log (a Redis Stream): every non-allow or skipped verdict, every check, or nothing."""
@@ -197,7 +202,7 @@ class Settings:
             raise ConfigError(f"audit must be 'off', 'flagged' or 'all', got {self.audit!r}")
         for name in ("num_perm", "window_shingles", "shingle_tokens", "quote_chars",
                      "mosaic_chars", "block_chars", "max_postings", "max_check_chars", "audit_max_entries",
-                     "paraphrase_attempts"):
+                     "paraphrase_attempts", "min_sample_answers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_request_bytes", "port"):

@@ -1,18 +1,31 @@
-"""The summary of a scan: verdict rates, the longest-run distribution, the works most copied,
-and for probes the literal-copying rate; as JSON (`scan --json`) and as lines for a terminal."""
+"""The summary of a scan: verdict rates with 95% intervals, the longest-run distribution, the
+works and authors most copied, whether the sample is large enough to defend, the settings and
+index the run used, and for probes the literal-copying rate; as JSON (`scan --json`) and as
+lines for a terminal.
+
+Rates of answers are Wilson intervals (`stats.wilson`), the mean copied share a normal
+interval: figures an auditor can be given with how sure they are, and reproduced from the
+settings and index recorded beside them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from textguard import __version__
 from textguard.copying import LITERAL_ROUGE_L
+from textguard.corpus import Corpus
 from textguard.scan import Record, RunCounts
+from textguard.settings import Settings
+from textguard.stats import mean_interval, wilson
 
-__all__ = ["LONGEST_RUN_EDGES", "format_summary", "summarise"]
+__all__ = ["LONGEST_RUN_EDGES", "format_summary", "provenance", "summarise", "work_of"]
 
 LONGEST_RUN_EDGES = (1, 13, 25, 50, 100, 200, 500)
 """Bucket edges of the longest-run distribution (normalised characters)."""
@@ -20,27 +33,39 @@ _MALFORMED_KEPT = 100  # malformed line numbers listed in the summary
 _TOP_WORKS = 20
 
 
-def summarise(records: Iterable[Record], counts: RunCounts | None = None, *, quote_chars: int) -> dict[str, Any]:
-    """Totals over result records: verdict rates, the longest-run distribution, most-copied works,
-    and for probes (records with reference metrics) the literal-copying rate."""
+def summarise(records: Iterable[Record], counts: RunCounts | None = None, *, quote_chars: int,
+              min_answers: int = 1000) -> dict[str, Any]:
+    """Totals over result records: verdict rates and their intervals, the longest-run
+    distribution, most-copied works and authors, the sample against `min_answers`, and for
+    probes (records with reference metrics) the literal-copying rate."""
     verdicts: Counter[str] = Counter()
     longest: list[int] = []
     coverages: list[float] = []
     works: dict[str, dict[str, Any]] = {}
+    authors: dict[str, dict[str, Any]] = {}
     probes: list[dict[str, Any]] = []
     for record in records:
         verdicts[record["verdict"]] += 1
         longest.append(int(record["metrics"]["longest_run"]))
         coverages.append(float(record["metrics"]["coverage"]))
-        for name in {_work_of(m) for m in record["matches"]}:
-            works.setdefault(name, {"work": name, "author": "", "answers": 0, "copied_chars": 0})["answers"] += 1
         for m in record["matches"]:
-            works[_work_of(m)]["author"] = m["author"]
-            works[_work_of(m)]["copied_chars"] += m["chars"]
+            work = works.setdefault(work_of(m), {"work": work_of(m), "author": m["author"], "answers": 0,
+                                                 "copied_chars": 0})
+            work["copied_chars"] += m["chars"]
+            author = authors.setdefault(m["author"], {"author": m["author"], "answers": 0, "copied_chars": 0,
+                                                      "works": set()})
+            author["copied_chars"] += m["chars"]
+            author["works"].add(work_of(m))
+        for name in {work_of(m) for m in record["matches"]}:
+            works[name]["answers"] += 1
+        for name in {m["author"] for m in record["matches"]}:
+            authors[name]["answers"] += 1
         if "reference_metrics" in record:
             probes.append(record["reference_metrics"])
     answers = sum(verdicts.values())
     runs = np.asarray(longest or [0])
+    flagged = verdicts["rewrite"] + verdicts["block"]
+    over_quote = int((runs >= quote_chars).sum()) if longest else 0
     summary: dict[str, Any] = {
         "answers": answers,
         "verdicts": {kind: verdicts[kind] for kind in ("allow", "rewrite", "block")},
@@ -50,9 +75,17 @@ def summarise(records: Iterable[Record], counts: RunCounts | None = None, *, quo
             "buckets": _buckets(longest, quote_chars),
             "p50": int(np.percentile(runs, 50)), "p90": int(np.percentile(runs, 90)),
             "p99": int(np.percentile(runs, 99)), "max": int(runs.max()),
-            "at_least_quote_chars": int((runs >= quote_chars).sum()), "quote_chars": quote_chars},
+            "at_least_quote_chars": over_quote, "quote_chars": quote_chars},
         "coverage_mean": round(float(np.mean(coverages)), 4) if coverages else 0.0,
-        "works": sorted(works.values(), key=lambda w: (-w["copied_chars"], -w["answers"], w["work"]))[:_TOP_WORKS],
+        "intervals": {"flagged": wilson(flagged, answers).to_dict(),
+                      "at_least_quote_chars": wilson(over_quote, answers).to_dict(),
+                      "coverage_mean": mean_interval(coverages).to_dict(), "confidence": 0.95},
+        "sample": {"answers": answers, "minimum": min_answers, "meets_minimum": answers >= min_answers},
+        "works": [{**w, "rate": wilson(w["answers"], answers).to_dict()} for w in sorted(
+            works.values(), key=lambda w: (-w["copied_chars"], -w["answers"], w["work"]))[:_TOP_WORKS]],
+        "authors": [{**a, "works": len(a["works"]), "rate": wilson(a["answers"], answers).to_dict()}
+                    for a in sorted(authors.values(), key=lambda a: (-a["copied_chars"], -a["answers"],
+                                                                     a["author"]))[:_TOP_WORKS]],
     }
     if probes:
         literal = sum(1 for p in probes if p["literal_copy"])
@@ -67,7 +100,21 @@ def summarise(records: Iterable[Record], counts: RunCounts | None = None, *, quo
     return summary
 
 
-def _work_of(match: dict[str, Any]) -> str:
+def provenance(settings: Settings) -> dict[str, Any]:
+    """What a run's figures depend on, to reproduce them: textguard's version, the settings that
+    decide verdicts, and the index as it stood (its parameters and size)."""
+    deciding = ("index", "threshold", "num_perm", "window_shingles", "shingle_tokens", "seed", "max_postings",
+                "quote_chars", "mosaic_chars", "block_ratio", "block_chars")
+    with Corpus(settings) as corpus:
+        stats = corpus.stats()
+    index = {key: stats[key] for key in ("documents", "public_domain_documents", "characters", "windows",
+                                         "parameters")}
+    index["fingerprint"] = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
+    return {"textguard": __version__, "settings": {name: getattr(settings, name) for name in deciding},
+            "index": index}
+
+
+def work_of(match: dict[str, Any]) -> str:
     """`policy.work_name` of a match read back from a result line."""
     return str(match["work"] or match["title"] or match["doc_id"])
 
@@ -87,11 +134,22 @@ def _buckets(longest: Sequence[int], quote_chars: int) -> list[dict[str, Any]]:
     return buckets
 
 
+def _interval(interval: dict[str, float]) -> str:
+    return f"{interval['estimate']:.2%} [{interval['low']:.2%}, {interval['high']:.2%}]"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a few lines for a terminal."""
     s = summary
     lines = [f"answers: {s['answers']:,}  allow {s['verdicts']['allow']:,}  rewrite {s['verdicts']['rewrite']:,} "
              f"({s['rates']['rewrite']:.1%})  block {s['verdicts']['block']:,} ({s['rates']['block']:.1%})"]
+    intervals, sample = s["intervals"], s["sample"]
+    lines.append(f"flagged {_interval(intervals['flagged'])}; run >= {s['longest_run']['quote_chars']} chars "
+                 f"{_interval(intervals['at_least_quote_chars'])}; mean copied share "
+                 f"{_interval(intervals['coverage_mean'])} (95% intervals)")
+    if not sample["meets_minimum"]:
+        lines.append(f"sample: {sample['answers']:,} answers, fewer than the {sample['minimum']:,} these rates "
+                     "should rest on")
     if "run" in s:
         run = s["run"]
         lines.append(f"this run: scanned {run['scanned']:,}, already done {run['resumed']:,}, "
@@ -102,8 +160,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append("  " + "  ".join(f"{b['label']}: {b['answers']:,}" for b in runs["buckets"]))
     if s["works"]:
         lines.append("most copied works:")
-        lines.extend(f"  《{w['work']}》 {w['author']}: {w['copied_chars']:,} chars in {w['answers']:,} answers"
-                     for w in s["works"][:10])
+        lines.extend(f"  《{w['work']}》 {w['author']}: {w['copied_chars']:,} chars in {w['answers']:,} answers "
+                     f"({_interval(w['rate'])})" for w in s["works"][:10])
     if "probes" in s:
         p = s["probes"]
         lines.append(f"probes: {p['answers']:,} answers with a reference; literal copies (ROUGE-L >= "
