@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from textguard import telemetry
 from textguard._redis import REDIS_ERRORS, AsyncClient, SyncClient, as_str
-from textguard.policy import Verdict
+from textguard.policy import Verdict, work_name
 from textguard.settings import Settings
 
 __all__ = ["AuditEntry", "AuditLog", "AuditReader", "stream_key", "write_entries"]
@@ -52,8 +52,9 @@ def entry_fields(verdict: Verdict, route: str, request_id: str, text: str | None
     """The stream fields for one verdict; `text` (the checked text) only if it may be logged."""
     spans = []
     for match in verdict.matches:
-        span: dict[str, Any] = {"doc_id": match.doc_id, "work": match.work, "start": match.start,
-                                "end": match.end, "source_start": match.source_start,
+        span: dict[str, Any] = {"doc_id": match.doc_id, "work": work_name(match), "author": match.author,
+                                "start": match.start, "end": match.end, "chars": match.chars,
+                                "source_start": match.source_start,
                                 "source_end": match.source_end, "verbatim_chars": match.verbatim_chars,
                                 "similarity": round(match.similarity, 4)}
         if text is not None:
@@ -102,6 +103,11 @@ class AuditReader:
         """The last `count` entries, oldest first."""
         entries: Any = self._client.xrevrange(self._key, count=count)
         return [_entry(i, f) for i, f in reversed(entries)]
+
+    def oldest(self) -> AuditEntry | None:
+        """The first entry the (capped) log still holds."""
+        entries: Any = self._client.xrange(self._key, count=1)
+        return _entry(*entries[0]) if entries else None
 
     def follow(self, after: str = "$", block_ms: int = 1000) -> Iterator[AuditEntry]:
         """New entries as they are written, until the caller stops iterating."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import logging
 import sys
@@ -14,9 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from textguard import comparison, probe, report, scan, summary, telemetry
+from textguard import audit_report, comparison, probe, report, scan, summary, telemetry
 from textguard._redis import connect_sync, unavailable_on_error
 from textguard.audit import AuditReader, write_entries
+from textguard.audit_report import AuditQuery, parse_time
 from textguard.corpus import Corpus, FieldNames
 from textguard.errors import ConfigError, TextGuardError
 from textguard.guard import Guard
@@ -89,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--until", help="ISO 8601 time")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--out", type=Path, help="write here instead of standard output")
+    rights = audit.add_parser("report", help="what was flagged, rewritten and blocked of one work or author, "
+                                             "per day and per work (no protected text)")
+    subject = rights.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--work", help="the work, as the index names it (its work field, else its title)")
+    subject.add_argument("--author", help="every work of this author")
+    rights.add_argument("--since", help="ISO 8601 time (a date alone: its midnight, local time)")
+    rights.add_argument("--until", help="ISO 8601 time")
+    form = rights.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the report as JSON")
+    form.add_argument("--csv", action="store_true", help="print a row per day, then per work, as CSV")
+    form.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML page here")
 
     proxy = commands.add_parser("proxy", help="guarded reverse proxy in front of an OpenAI-compatible server, "
                                               "with the check API")
@@ -281,6 +292,9 @@ def _audit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     client = connect_sync(settings)
     reader = AuditReader(client, settings.index)
+    if args.action == "report":
+        client.close()
+        return _audit_report(args, settings)
     with contextlib.closing(client), unavailable_on_error():
         if args.action == "tail":
             for entry in reader.latest(args.lines):
@@ -289,7 +303,7 @@ def _audit(args: argparse.Namespace) -> int:
                 for entry in reader.follow():
                     print(json.dumps(entry.to_dict(), ensure_ascii=False), flush=True)
             return 0
-        entries = reader.between(_time_arg(args.since, "--since"), _time_arg(args.until, "--until"))
+        entries = reader.between(parse_time(args.since, "--since"), parse_time(args.until, "--until"))
         with (args.out.open("w", encoding="utf-8", newline="") if args.out else contextlib.nullcontext(sys.stdout)) \
                 as out:
             count = write_entries(entries, out, args.format)
@@ -298,16 +312,20 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 
-def _time_arg(value: str | None, flag: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(f"{flag}: not an ISO 8601 time: {value!r}") from exc
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # a time without a zone is local time
-    return moment.timestamp()
+def _audit_report(args: argparse.Namespace, settings: Settings) -> int:
+    query = AuditQuery(args.work, args.author, parse_time(args.since, "--since"), parse_time(args.until, "--until"))
+    with unavailable_on_error():
+        result = audit_report.report(settings, query)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    elif args.csv:
+        print(audit_report.render_csv(result), end="")
+    elif args.html:
+        args.html.write_text(audit_report.render_html(result), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
+    else:
+        print(audit_report.format_report(result))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -85,6 +85,19 @@ _SCHEMAS: dict[str, Any] = {
                                                   "fallback style was used)."},
         },
     },
+    "AuditReport": {
+        "type": "object", "required": ["subject", "answers", "copied_chars", "per_day", "per_work"],
+        "properties": {
+            "subject": {"type": "object"},
+            "answers": {"type": "object", "properties": {k: {"type": "integer"} for k in
+                                                         ("flagged", "rewritten", "blocked")}},
+            "copied_chars": {"type": "integer"},
+            "per_day": {"type": "array", "items": {"type": "object"}},
+            "per_work": {"type": "array", "items": {"type": "object"}},
+            "log_holds_from": {"type": ["string", "null"],
+                               "description": "The oldest entry of the (capped) audit log."},
+        },
+    },
     "GuardrailRequest": {
         "type": "object",
         "properties": {
@@ -194,6 +207,15 @@ def document(admin: bool, api_token: bool = False) -> dict[str, Any]:
             "operationId": "corpusStats", "summary": "Size of the index", "security": security,
             "responses": {"200": _answer("Index statistics.", "Stats"),
                           **{k: v for k, v in _ADMIN_ERRORS.items() if k in ("401", "503")}}}}
+        paths["/v1/textguard/audit/report"] = {"get": {
+            "operationId": "auditReport", "summary": "One work's or author's flagged answers, per day and per work",
+            "security": security,
+            "parameters": [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": text} for name, text in (
+                ("work", "The work (name this or author)."), ("author", "Every work of this author."),
+                ("since", "ISO 8601 time; a date alone is its midnight, local time."), ("until", "ISO 8601 time."))],
+            "responses": {"200": _answer("Counts and copied characters, no protected text.", "AuditReport"),
+                          **_ADMIN_ERRORS}}}
         components["securitySchemes"]["adminToken"] = {"type": "http", "scheme": "bearer"}
     return {
         "openapi": "3.1.0",

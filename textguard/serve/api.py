@@ -7,8 +7,9 @@
   `litellm`).
 - With `api_token` set, both demand it (as a bearer token or LiteLLM's `x-api-key`): a
   reachable check API would otherwise tell anyone what the corpus holds.
-- `/v1/textguard/corpus/...` (add, remove, stats) exist only when an admin token is set, and
-  demand it as a bearer token.
+- `/v1/textguard/corpus/...` (add, remove, stats) and `/v1/textguard/audit/report` (one work's
+  or author's flags, as `textguard audit report --json`) exist only when an admin token is
+  set, and demand it as a bearer token.
 - `GET /openapi.json` describes all of it; `GET /healthz` says whether Redis answers; the
   served app adds Prometheus metrics at `/metrics`.
 """
@@ -25,10 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from textguard._redis import REDIS_ERRORS
+from textguard import audit_report
+from textguard._redis import REDIS_ERRORS, unavailable_on_error
 from textguard.audit import AuditLog
+from textguard.audit_report import AuditQuery, parse_time
 from textguard.corpus import Corpus, document_from_record
-from textguard.errors import CorpusInputError, StoreUnavailableError, TextGuardError
+from textguard.errors import ConfigError, CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
 from textguard.paraphrase import Paraphraser
 from textguard.policy import REWRITE_STYLES, Rewriting
@@ -40,6 +43,7 @@ __all__ = ["CheckAPI", "error"]
 
 CHECK_PATH = "/v1/textguard/check"
 CORPUS_PATH = "/v1/textguard/corpus"
+AUDIT_REPORT_PATH = "/v1/textguard/audit/report"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -101,6 +105,7 @@ class CheckAPI:
                 Route(CORPUS_PATH + "/documents", admin(_handles_bad_requests(self.add_documents)), methods=["POST"]),
                 Route(CORPUS_PATH + "/remove", admin(_handles_bad_requests(self.remove_documents)), methods=["POST"]),
                 Route(CORPUS_PATH + "/stats", admin(self.corpus_stats), methods=["GET"]),
+                Route(AUDIT_REPORT_PATH, admin(_handles_bad_requests(self.audit_report)), methods=["GET"]),
             ]
         return routes
 
@@ -176,6 +181,18 @@ class CheckAPI:
 
     async def corpus_stats(self, request: Request) -> Response:
         return JSONResponse(await self._in_thread(lambda corpus: corpus.stats()))
+
+    async def audit_report(self, request: Request) -> Response:
+        """`textguard audit report --json`: one work's or author's flags, per day and per work."""
+        params = request.query_params
+        try:
+            query = AuditQuery(params.get("work"), params.get("author"), parse_time(params.get("since"), "since"),
+                               parse_time(params.get("until"), "until"))
+        except ConfigError as exc:
+            raise _BadRequest(str(exc)) from exc
+        with unavailable_on_error():
+            result = await asyncio.to_thread(audit_report.report, self.settings, query)
+        return JSONResponse(result)
 
     async def aclose(self) -> None:
         await self.litellm.close()
