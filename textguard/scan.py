@@ -35,8 +35,8 @@ from textguard.settings import Settings
 from textguard.store import DocumentRegion
 
 __all__ = [
-    "Malformed", "Record", "RunCounts", "ScanError", "ScanOptions", "count_lines", "ensure_ready",
-    "read_items", "read_results", "run_scan",
+    "BatchScanner", "Item", "Malformed", "Record", "RunCounts", "ScanError", "ScanOptions", "count_lines",
+    "ensure_ready", "read_items", "read_results", "run_scan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -259,6 +259,17 @@ class BatchScanner:
                 task.cancel()
             if pending:
                 self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+    def scan_batch(self, items: Sequence[Item]) -> list[Record]:
+        """The records of one batch, checked now (for a caller that hands out the batches): in
+        `LANES` parts at once, as `scan` keeps batches in flight."""
+        size = -(-len(items) // LANES) or 1
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+
+        async def lanes() -> list[list[Record]]:
+            return await asyncio.gather(*(self._scan(part) for part in parts))
+
+        return [record for part in self._loop.run_until_complete(lanes()) for record in part]
 
     async def _scan(self, items: Sequence[Item]) -> list[Record]:
         normalised = [normalise(item.text) for item in items]
