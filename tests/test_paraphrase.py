@@ -25,7 +25,7 @@ from textguard.serve.middleware import TextGuardMiddleware
 from textguard.serve.server import create_app as create_textguard_app
 
 BUDGET_MS = 1500.0
-FAILURES = {"copy": "copied_again", "hang": "timeout", "error": "model_error"}
+FAILURES = {"copy": "copied_again", "hang": "timeout", "error": "model_error", "garbage": "model_error"}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_only_a_proper_restatement_is_released(behaviour: str, indexed: Settings
         assert len(sent) == settings.paraphrase_attempts
 
 
-@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+@pytest.mark.parametrize("behaviour", [*BEHAVIOURS, "garbage"])
 def test_the_check_api_says_what_happened(behaviour: str, indexed: Settings, record: dict,
                                           paraphrasers: tuple[Paraphrasers, str]) -> None:
     _, url = paraphrasers
@@ -138,6 +138,8 @@ def test_a_stream_falls_back_and_a_request_picks_its_style(indexed: Settings, re
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(model="fake", messages=messages,
                                            extra_headers={"X-TextGuard-Rewrite-Style": "poem"})
+    entries = [e.fields for e in audit_reader(settings).latest(3)]  # the server has stopped: all are written
+    assert sorted(e["paraphrase_failure"] for e in entries) == ["", "", "stream"]
     assert reasons[-1] == "stop" and "……”（" in streamed  # a stream: the fallback, quote
     assert longest_shared_run(streamed, record["text"]) < settings.quote_chars
     assert RESTATEMENT in whole.choices[0].message.content

@@ -85,6 +85,7 @@ class Guard:
         self._reader: IndexReader | None = None
         self.skipped: Counter[str] = Counter()
         self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_thread: threading.Thread | None = None
         self._sync_guard: Guard | None = None
         self._skip_log = _SkipLog()
 
@@ -269,7 +270,8 @@ class Guard:
     def _run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._sync_loop is None:
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="textguard-sync", daemon=True).start()
+            self._sync_thread = threading.Thread(target=loop.run_forever, name="textguard-sync", daemon=True)
+            self._sync_thread.start()
             self._sync_loop = loop
         return asyncio.run_coroutine_threadsafe(coroutine, self._sync_loop).result()
 
@@ -286,6 +288,9 @@ class Guard:
         if self._sync_guard is not None and self._sync_loop is not None:
             self._run_sync(self._sync_guard.aclose())
             self._sync_loop.call_soon_threadsafe(self._sync_loop.stop)
+            if self._sync_thread is not None:
+                self._sync_thread.join()
+            self._sync_loop.close()  # else it is closed at exit, perhaps while its thread still runs
             self._sync_loop = None
             self._sync_guard = None
 

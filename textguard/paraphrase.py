@@ -55,8 +55,8 @@ class Paraphraser:
         if self.settings.paraphrase_url is not None:
             self._client = httpx2.AsyncClient(base_url=self.settings.paraphrase_url.rstrip("/"), timeout=timeout)
         elif app is not None:
-            self._client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=_IN_PROCESS_URL,
-                                              timeout=timeout)
+            transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)  # an app that fails: a 500
+            self._client = httpx2.AsyncClient(transport=transport, base_url=_IN_PROCESS_URL, timeout=timeout)
 
     async def restate(self, text: str, verdict: Verdict, rewriting: Rewriting, *, model: str | None = None,
                       authorization: str | None = None) -> Verdict:
@@ -79,7 +79,7 @@ class Paraphraser:
                                                       for m in spans))
             except TimeoutError:
                 return self._fell_back(verdict, "timeout")
-            except (httpx2.HTTPError, _Unusable) as exc:
+            except (httpx2.HTTPError, ValueError, _Unusable) as exc:  # ValueError: an answer not JSON
                 logger.warning("the paraphrasing model failed (%s): %s", type(exc).__name__, exc)
                 return self._fell_back(verdict, "model_error")
             current = _spliced(current, spans, restated)

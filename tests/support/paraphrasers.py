@@ -1,6 +1,7 @@
 """Local model servers that textguard asks to paraphrase, one behaviour per base path:
 `/restate/v1` restates properly (in words of its own), `/copy/v1` hands the passage back
-verbatim, `/hang/v1` never answers (until the test ends), `/error/v1` answers 500."""
+verbatim, `/hang/v1` never answers (until the test ends), `/error/v1` answers 500, and
+`/garbage/v1` answers 200 with something that is not JSON."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class Paraphrasers:
         self.asked.append((behaviour, dict(request.headers), body))
         if behaviour == "hang":
             await asyncio.to_thread(self.release.wait, 60)
+        if behaviour == "garbage":
+            return Response("<html>upstream proxy page</html>", media_type="text/html")
         if behaviour == "error":
             return JSONResponse({"error": {"message": "model overloaded", "type": "server_error"}}, status_code=500)
         content = RESTATEMENT if behaviour == "restate" else body["messages"][-1]["content"]
