@@ -60,7 +60,7 @@ def test_scan_with_a_baseline_compares_answer_by_answer(indexed: Settings, two_m
     assert comparison["paired_answers"] == ANSWERS and comparison["only_in_run"] == 0
     flagged = comparison["flagged"]
     assert (flagged["only_run"], flagged["only_baseline"]) == (20, 5)  # answers 10-29, and 100-104
-    assert flagged["difference"]["estimate"] == round(15 / ANSWERS, 4)
+    assert flagged["difference"]["estimate"] == float(f"{15 / ANSWERS:.4g}")
     assert flagged["difference"]["low"] < 15 / ANSWERS < flagged["difference"]["high"]
     assert flagged["p_value"] == float(f"{mcnemar(20, 5)[0]:.4g}") and flagged["p_value"] < 0.05
     moved = comparison["works_moved"]
@@ -103,4 +103,17 @@ def test_a_baseline_that_cannot_be_compared_is_a_clear_error(problem: str, index
     assert done.returncode != 0 and str(baseline) in done.stderr
     assert {"missing": "no such results file", "not_results": "not a result of textguard scan",
             "other_inputs": "no answer shares an id"}[problem] in done.stderr
-    assert out.exists() == (problem != "missing")  # a missing baseline is found before any scanning
+    # a missing or unusable baseline is found before any scanning; ids in common only after it,
+    # and then the summary is written all the same
+    assert out.exists() == (problem == "other_inputs")
+    assert (tmp_path / "a.out.summary.json").exists() == (problem == "other_inputs")
+
+
+def test_a_report_that_would_overwrite_the_results_is_refused(indexed: Settings,
+                                                              two_models: tuple[Path, Path, list[dict]],
+                                                              tmp_path: Path) -> None:
+    a, _, _ = two_models
+    out = tmp_path / "run.json"  # the report's summary would be run.json too
+    done = run(indexed, "scan", str(a), "--out", str(out), "--report", str(tmp_path / "run.html"), "--quiet")
+    assert done.returncode != 0 and "which this scan reads or writes" in done.stderr and not out.exists()
+    assert run(indexed, "scan", str(a), "--out", str(out), "--min-answers", "0").returncode != 0

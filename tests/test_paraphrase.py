@@ -160,3 +160,17 @@ def test_without_a_model_to_ask_the_fallback_says_so(indexed: Settings, record: 
     finally:
         guard.close()
     assert verdict.rewrite_style == "quote" and verdict.paraphrase_failure == "no_model"
+
+
+def test_a_request_may_ask_only_for_the_styles_allowed(indexed: Settings, record: dict) -> None:
+    settings = indexed.replace(request_rewrite_styles=("notice", "quote"))
+    answer, _ = _answer(record)
+    with serve(create_textguard_app(settings), lifespan="on") as api:
+        refused = httpx2.post(api + "/v1/textguard/check", json={"text": answer, "rewrite_style": "paraphrase"},
+                              timeout=30)
+        quoted = httpx2.post(api + "/v1/textguard/check", json={"text": answer, "rewrite_style": "quote"}, timeout=30)
+    assert refused.status_code == 400 and "notice, quote" in refused.json()["error"]["message"]
+    assert quoted.status_code == 200 and quoted.json()["rewrite_style"] == "quote"
+    with serve(TextGuardMiddleware(create_app(Recorder()), settings=settings)) as guarded, \
+            pytest.raises(openai.BadRequestError):
+        ask(guarded, answer, extra_headers={"X-TextGuard-Rewrite-Style": "paraphrase"})

@@ -8,7 +8,7 @@ import random
 import pytest
 import scipy.stats
 
-from textguard.stats import EXACT_MCNEMAR_MAX, mcnemar, mean_interval, paired_difference, wilson
+from textguard.stats import EXACT_MCNEMAR_MAX, mcnemar, mean_interval, paired_difference, percent, wilson
 
 
 @pytest.mark.parametrize(("successes", "trials"), [(0, 10), (1, 10), (7, 1000), (500, 1000), (1000, 1000), (3, 40)])
@@ -77,3 +77,11 @@ def test_mean_interval_is_the_normal_interval_of_the_mean() -> None:
     assert math.isclose(interval.low, 0.05 - half)
     assert mean_interval([]).to_dict() == {"estimate": 0.0, "low": 0.0, "high": 1.0}
     assert mean_interval([-0.5, -1.0], bounds=(-1.0, 1.0)).low == -1.0  # clipped to its bounds
+
+
+def test_small_rates_keep_their_digits() -> None:
+    """Three copies in a million answers: neither rounded nor printed away."""
+    rate = wilson(3, 1_000_000).to_dict()
+    assert rate["estimate"] == 3e-6 and 0 < rate["low"] < 3e-6 < rate["high"] < 1e-5
+    assert percent(rate["estimate"]) == "0.0003%" and percent(0.0709) == "7.09%" and percent(0.0) == "0.00%"
+    assert percent(-0.0709, signed=True) == "-7.09%" and percent(0.0709, signed=True) == "+7.09%"

@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import functools
 import html
 import io
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,9 @@ class AuditQuery:
         if self.since is not None and self.until is not None and self.since > self.until:
             raise ConfigError("the start of the period is after its end")
 
+    def matches(self, work: str, author: str) -> bool:
+        return work == self.work if self.work is not None else author == self.author
+
     def subject(self) -> dict[str, str]:
         return {"work": self.work} if self.work is not None else {"author": self.author or ""}
 
@@ -71,26 +75,22 @@ def report(settings: Settings, query: AuditQuery) -> dict[str, Any]:
     client = connect_sync(settings)
     with contextlib.closing(client), Corpus(settings) as corpus:
         reader = AuditReader(client, settings.index)
-        doc_ids = _subject_documents(corpus.list(), query)
         oldest = reader.oldest()
-        return summarise(reader.between(query.since, query.until), query, doc_ids,
+        documents = functools.cache(lambda: _documents(corpus.list()))  # read only for older entries
+        return summarise(reader.between(query.since, query.until), query, documents,
                          oldest=oldest.time if oldest else None, settings=settings)
 
 
-def _subject_documents(metas: Iterable[DocumentMeta], query: AuditQuery) -> dict[str, tuple[str, str]]:
-    """The documents of the index that belong to the subject: id -> (work, author)."""
-    found = {}
-    for meta in metas:
-        work = meta.get("work") or meta.get("title") or meta["id"]
-        if (query.work is not None and work == query.work) or (query.author is not None
-                                                                and meta.get("author") == query.author):
-            found[meta["id"]] = (work, meta.get("author", ""))
-    return found
+def _documents(metas: Iterable[DocumentMeta]) -> dict[str, tuple[str, str]]:
+    """Every document of the index: id -> (work, author)."""
+    return {meta["id"]: (meta.get("work") or meta.get("title") or meta["id"], meta.get("author", ""))
+            for meta in metas}
 
 
-def summarise(entries: Iterable[AuditEntry], query: AuditQuery, doc_ids: dict[str, tuple[str, str]], *,
-              oldest: float | None, settings: Settings) -> dict[str, Any]:
-    """The report's figures from `entries` (the log between the query's times)."""
+def summarise(entries: Iterable[AuditEntry], query: AuditQuery, documents: Callable[[], dict[str, tuple[str, str]]],
+              *, oldest: float | None, settings: Settings) -> dict[str, Any]:
+    """The report's figures from `entries` (the log between the query's times); `documents`
+    gives the index's works and authors, for entries that did not log them."""
     days: dict[str, Counter[str]] = defaultdict(Counter)
     works: dict[str, Counter[str]] = defaultdict(Counter)
     work_authors: dict[str, str] = {}
@@ -105,9 +105,8 @@ def summarise(entries: Iterable[AuditEntry], query: AuditQuery, doc_ids: dict[st
             continue
         copied: Counter[str] = Counter()  # per work of the subject, the characters this answer copied
         for span in entry.fields.get("spans", []):
-            work, author = _owner(span, doc_ids)
-            if (query.work is not None and work == query.work) or (query.author is not None
-                                                                    and author == query.author):
+            work, author = _owner(span, documents)
+            if query.matches(work, author):
                 copied[work] += int(span.get("chars", span["end"] - span["start"]))
                 work_authors.setdefault(work, author)
         if not copied:
@@ -136,10 +135,12 @@ def summarise(entries: Iterable[AuditEntry], query: AuditQuery, doc_ids: dict[st
     }
 
 
-def _owner(span: dict[str, Any], doc_ids: dict[str, tuple[str, str]]) -> tuple[str, str]:
-    """The work and author of a logged span: as logged, else from the index."""
-    work, author = doc_ids.get(span["doc_id"], ("", ""))
-    return span.get("work") or work or span["doc_id"], span.get("author") or author
+def _owner(span: dict[str, Any], documents: Callable[[], dict[str, tuple[str, str]]]) -> tuple[str, str]:
+    """The work and author of a logged span: as logged, else (an older entry) from the index."""
+    if "author" in span and span.get("work"):
+        return span["work"], span["author"]
+    work, author = documents().get(span["doc_id"], ("", ""))
+    return span.get("work") or work or span["doc_id"], author
 
 
 def _counts(counter: Counter[str]) -> dict[str, int]:

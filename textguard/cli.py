@@ -371,6 +371,14 @@ def _scan(args: argparse.Namespace) -> int:
     scan.ensure_ready(settings).close()  # and when Redis or the index cannot be used
     if args.baseline is not None:
         comparison.check_baseline(args.baseline)
+    if args.min_answers is not None and args.min_answers < 1:
+        raise ConfigError(f"--min-answers must be at least 1, got {args.min_answers}")
+    if args.report is not None:
+        taken = {Path(args.input).resolve(), options.out.resolve(),
+                 *((args.baseline.resolve(),) if args.baseline else ())}
+        clash = [p for p in (args.report, *report.companions(args.report)) if p.resolve() in taken]
+        if clash:
+            raise ConfigError(f"--report {args.report} would write {clash[0]}, which this scan reads or writes")
     reported = 0
     with tqdm(total=total, unit="answer", desc="scanning", disable=args.quiet,
               file=sys.stderr) as bar:
@@ -387,9 +395,13 @@ def _scan(args: argparse.Namespace) -> int:
     totals = summary.summarise(scan.read_results(options.out), counts, quote_chars=settings.quote_chars,
                                min_answers=minimum)
     totals["provenance"] = summary.provenance(settings)
+    compared: scan.ScanError | None = None
     if args.baseline is not None:
-        totals["comparison"] = comparison.compare_runs(scan.read_results(options.out), args.baseline,
-                                                       quote_chars=settings.quote_chars)
+        try:
+            totals["comparison"] = comparison.compare_runs(scan.read_results(options.out), args.baseline,
+                                                           quote_chars=settings.quote_chars)
+        except scan.ScanError as exc:  # the summary and report are still written; then this is said
+            compared = exc
     summary_path = args.summary or options.out.with_name(options.out.stem + ".summary.json")
     summary_path.write_text(json.dumps(totals, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.report:
@@ -400,6 +412,8 @@ def _scan(args: argparse.Namespace) -> int:
         print(summary.format_summary(totals))
         if "comparison" in totals:
             print(comparison.format_comparison(totals["comparison"]))
+    if compared is not None:
+        raise compared
     return 0
 
 

@@ -37,9 +37,12 @@ class _Outcome:
 
 
 def check_baseline(path: Path) -> None:
-    """Fail early, before a scan, on a baseline that cannot be compared with."""
+    """Fail early, before a scan, on a baseline that cannot be compared with: missing, empty, or
+    not the results of `textguard scan`. (Whether it shares ids with the run shows only after.)"""
     if not path.is_file():
         raise ScanError(f"{path}: no such results file (the --out of a scan of the same inputs)")
+    if not _outcomes(read_results(path), 1, str(path))[0]:
+        raise ScanError(f"{path}: holds no results of textguard scan")
 
 
 def _outcomes(records: Iterable[Record], quote_chars: int, source: str) -> tuple[dict[str, _Outcome], dict[str, str]]:

@@ -75,8 +75,7 @@ class Paraphraser:
         for _ in range(self.settings.paraphrase_attempts):
             try:  # the budget bounds the model; a check of what it wrote runs to its own end
                 async with asyncio.timeout_at(deadline):
-                    restated = await asyncio.gather(*(self._ask(current[m.start:m.end], model, headers)
-                                                      for m in spans))
+                    restated = await self._ask_all([current[m.start:m.end] for m in spans], model, headers)
             except TimeoutError:
                 return self._fell_back(verdict, "timeout")
             except (httpx2.HTTPError, ValueError, _Unusable) as exc:  # ValueError: an answer not JSON
@@ -101,10 +100,19 @@ class Paraphraser:
             return {"authorization": f"Bearer {key}"} if key else {}
         return {"authorization": authorization} if authorization else {}
 
+    async def _ask_all(self, spans: list[str], model: str, headers: dict[str, str]) -> list[str]:
+        """The restatements of `spans`, asked at once; one failing ends the others."""
+        asks = [asyncio.ensure_future(self._ask(span, model, headers)) for span in spans]
+        try:
+            return list(await asyncio.gather(*asks))
+        finally:
+            for ask in asks:
+                ask.cancel()
+
     async def _ask(self, span: str, model: str, headers: dict[str, str]) -> str:
         assert self._client is not None
         body = {"model": model, "stream": False, "max_tokens": 64 + 3 * len(span),
-                "messages": [{"role": "user", "content": self.settings.paraphrase_prompt.format(text=span)}]}
+                "messages": [{"role": "user", "content": self.settings.paraphrase_prompt.replace("{text}", span)}]}
         response = await self._client.post("/chat/completions", json=body, headers=headers)
         response.raise_for_status()
         return _content(response.json())

@@ -17,7 +17,8 @@ from textguard.detect import Match
 from textguard.normalise import normalise
 from textguard.settings import Settings
 
-__all__ = ["REWRITE_STYLES", "Policy", "RewriteStyle", "Rewriting", "Verdict", "VerdictKind", "work_name", "worst"]
+__all__ = ["REWRITE_STYLES", "Policy", "RewriteStyle", "Rewriting", "Verdict", "VerdictKind", "rewrite_style_problem",
+           "work_name", "worst"]
 
 VerdictKind = Literal["allow", "rewrite", "block"]
 RewriteStyle = Literal["notice", "quote", "paraphrase"]
@@ -85,6 +86,14 @@ class Rewriting:
 
     style: RewriteStyle
     quoted: set[str] = field(default_factory=set)
+
+
+def rewrite_style_problem(style: object, settings: Settings) -> str | None:
+    """Why a request may not ask for `style` (None: it may)."""
+    allowed = [s for s in REWRITE_STYLES if s in settings.request_rewrite_styles]
+    if style not in allowed:
+        return f"the rewrite style a request asks for must be one of {', '.join(allowed) or '(none)'}, not {style!r}"
+    return None
 
 
 def worst(verdicts: Iterable[Verdict]) -> VerdictKind:

@@ -10,7 +10,8 @@ answers of each batch and adds the verdict and the copying metrics as columns.
 
 Each actor holds one Guard (one Redis pool, jieba loaded once) and checks a batch in two Redis
 round trips (`Guard.check_many`), as `textguard scan` does; a check that cannot run raises, so
-Ray retries the batch rather than counting an unchecked answer as clean. The columns added are
+the run stops (or Ray tries the batch again, where its DataContext allows map retries) rather
+than counting an unchecked answer as clean. The columns added are
 `verdict`, `copied_chars`, `longest_run`, `coverage`, `lcs`, `rouge_l`, `acs`, `works` (the works
 copied) and `matches` (JSON, as `textguard check --json` gives them). Batches come as NumPy
 columns (Ray's default), pandas or Arrow, and go back in the same form. Ray itself is not
@@ -74,8 +75,8 @@ class CheckBatches:
             batch[self.text_column])
         texts = []
         for value in column:
-            if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
-                value = ""  # no answer (a failed generation; Arrow may have made it NaN) copies nothing
+            if not isinstance(value, str) and _missing(value):
+                value = ""  # no answer (a failed generation) copies nothing
             if not isinstance(value, str):
                 raise TypeError(f"column {self.text_column!r} holds a {type(value).__name__}, not text")
             texts.append(value)
@@ -85,6 +86,16 @@ class CheckBatches:
         scanner = getattr(self, "_scanner", None)
         if scanner is not None:
             scanner.close()
+
+
+def _missing(value: Any) -> bool:
+    """None, and the missing values of NumPy (NaN) and pandas (NA, NaT), which equal nothing."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except TypeError:  # pandas.NA: its comparisons are NA, which has no truth value
+        return True
 
 
 def _kind(batch: Any) -> str:
@@ -115,7 +126,7 @@ def _columns(records: list[Record]) -> dict[str, list[Any]]:
 
 def _array(values: list[Any]) -> np.ndarray:
     """A NumPy column; lists (the works) as an object array of lists."""
-    if values and isinstance(values[0], list):
+    if not values or isinstance(values[0], list):  # (an empty batch: no type to tell)
         array = np.empty(len(values), dtype=object)
         array[:] = values
         return array

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from textguard.errors import TextGuardError
+from textguard.stats import percent
 
-__all__ = ["ReportError", "render", "write_report"]
+__all__ = ["ReportError", "companions", "render", "write_report"]
 
 _VERDICT_NAMES = {"allow": "放行", "rewrite": "改写", "block": "拦截"}
 _CHART_WIDTH, _CHART_HEIGHT, _BAR_GAP = 720, 240, 8
@@ -82,18 +83,24 @@ def write_report(path: Path, records: Iterable[dict[str, Any]], summary: dict[st
     """The HTML report at `path`, and beside it the summary as JSON and its tables as CSV (for
     a spreadsheet or an auditor's own tools): NAME.json, NAME.works.csv, NAME.authors.csv and,
     with a baseline, NAME.comparison.csv. Returns the paths written."""
+    paths = companions(path)
     written = {path: render(records, summary, source),
-               path.with_suffix(".json"): json.dumps(summary, ensure_ascii=False, indent=1) + "\n",
-               path.with_suffix(".works.csv"): _csv(summary["works"], _RATE_COLUMNS),
-               path.with_suffix(".authors.csv"): _csv(summary["authors"], _RATE_COLUMNS)}
+               paths[0]: json.dumps(summary, ensure_ascii=False, indent=1) + "\n",
+               paths[1]: _csv(summary["works"], _RATE_COLUMNS),
+               paths[2]: _csv(summary["authors"], _RATE_COLUMNS)}
     if "comparison" in summary:
-        written[path.with_suffix(".comparison.csv")] = _csv(summary["comparison"]["works_moved"], {})
+        written[paths[3]] = _csv(summary["comparison"]["works_moved"], {})
     for target, text in written.items():
         try:
             target.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise ReportError(f"{target}: cannot write the report ({exc.strerror})") from exc
     return list(written)
+
+
+def companions(path: Path) -> list[Path]:
+    """The files written beside the report at `path`: summary JSON, works, authors, comparison."""
+    return [path.with_suffix(suffix) for suffix in (".json", ".works.csv", ".authors.csv", ".comparison.csv")]
 
 
 _RATE_COLUMNS = {"rate": ("rate", "rate_low", "rate_high")}  # an interval becomes three columns
@@ -157,9 +164,8 @@ def _chart_svg(longest: dict[str, Any]) -> str:
 
 def _share(interval: dict[str, float], signed: bool = False) -> str:
     """A rate and its 95% interval, as the report writes them."""
-    form = "{:+.2%}" if signed else "{:.2%}"
-    return (f"{form.format(interval['estimate'])}（95% 置信区间 {form.format(interval['low'])} 至 "
-            f"{form.format(interval['high'])}）")
+    return (f"{percent(interval['estimate'], signed)}（95% 置信区间 {percent(interval['low'], signed)} 至 "
+            f"{percent(interval['high'], signed)}）")
 
 
 def _intervals_html(summary: dict[str, Any]) -> str:

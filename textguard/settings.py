@@ -88,6 +88,9 @@ class Settings:
     """Restatements tried (each of what the last one still copied) before falling back."""
     paraphrase_timeout_ms: float = 20_000.0
     """Longest the model may take over one answer's restatements, all attempts together."""
+    request_rewrite_styles: tuple[str, ...] = ("notice", "quote", "paraphrase")
+    """The styles a request may ask for (header, check API field, LiteLLM params); another is
+    refused (400). Narrow it where clients must not spend the paraphrasing model."""
     paraphrase_prompt: str = ("请用你自己的话转述下面这段文字的意思。不要沿用原文的句子和措辞，不要引用原文，"
                               "不要解释，只输出转述，篇幅与原文相近。\n\n{text}")
     """The instruction sent with each copied span (`{text}`)."""
@@ -214,6 +217,9 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 16 characters long")
         if "{text}" not in self.paraphrase_prompt:
             raise ConfigError("paraphrase_prompt must contain {text}, where the copied span goes")
+        unknown_styles = set(self.request_rewrite_styles) - {"notice", "quote", "paraphrase"}
+        if unknown_styles:
+            raise ConfigError(f"request_rewrite_styles: unknown style(s) {', '.join(sorted(unknown_styles))}")
         if self.bucket_bits is not None and not 8 <= self.bucket_bits <= 24:
             raise ConfigError(f"bucket_bits must be between 8 and 24, got {self.bucket_bits}")
 

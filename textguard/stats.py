@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["EXACT_MCNEMAR_MAX", "Z95", "Interval", "PairedDifference", "mcnemar", "mean_interval",
-           "paired_difference", "wilson"]
+           "paired_difference", "percent", "wilson"]
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 EXACT_MCNEMAR_MAX = 10_000
@@ -35,9 +35,20 @@ class Interval:
     low: float
     high: float
 
-    def to_dict(self, digits: int = 4) -> dict[str, float]:
-        return {"estimate": round(self.estimate, digits), "low": round(self.low, digits),
-                "high": round(self.high, digits)}
+    def to_dict(self) -> dict[str, float]:
+        """Four significant figures: a rate of 3 in a million must not round to nothing."""
+        return {"estimate": _significant(self.estimate), "low": _significant(self.low),
+                "high": _significant(self.high)}
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def percent(share: float, signed: bool = False) -> str:
+    """A share as a percentage, with the digits a small one needs (0.0003%, not 0.00%)."""
+    digits = 2 if share == 0 or abs(share) >= 0.001 else 4
+    return f"{share:{'+' if signed else ''}.{digits}%}"
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> Interval:
@@ -75,7 +86,7 @@ def mcnemar(only_first: int, only_second: int) -> tuple[float, str]:
         log_half = discordant * math.log(0.5)
         tail = math.fsum(math.exp(_log_comb(discordant, k) + log_half) for k in range(smaller + 1))
         return min(1.0, 2 * tail), "exact"
-    statistic = (abs(only_first - only_second) - 1) ** 2 / discordant
+    statistic = max(0, abs(only_first - only_second) - 1) ** 2 / discordant
     return math.erfc(math.sqrt(statistic / 2)), "chi2"
 
 

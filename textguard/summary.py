@@ -23,7 +23,7 @@ from textguard.copying import LITERAL_ROUGE_L
 from textguard.corpus import Corpus
 from textguard.scan import Record, RunCounts
 from textguard.settings import Settings
-from textguard.stats import mean_interval, wilson
+from textguard.stats import mean_interval, percent, wilson
 
 __all__ = ["LONGEST_RUN_EDGES", "format_summary", "provenance", "summarise", "work_of"]
 
@@ -135,7 +135,7 @@ def _buckets(longest: Sequence[int], quote_chars: int) -> list[dict[str, Any]]:
 
 
 def _interval(interval: dict[str, float]) -> str:
-    return f"{interval['estimate']:.2%} [{interval['low']:.2%}, {interval['high']:.2%}]"
+    return f"{percent(interval['estimate'])} [{percent(interval['low'])}, {percent(interval['high'])}]"
 
 
 def format_summary(summary: dict[str, Any]) -> str:

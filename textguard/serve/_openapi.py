@@ -80,7 +80,8 @@ _SCHEMAS: dict[str, Any] = {
                               "description": "How a rewrite replaced the copies; absent for the notice "
                                              "unless a paraphrase was asked for."},
             "paraphrase_failure": {"type": "string",
-                                   "enum": ["copied_again", "timeout", "model_error", "unchecked", "no_model"],
+                                   "enum": ["copied_again", "timeout", "model_error", "unchecked", "no_model",
+                                            "stream"],
                                    "description": "Why a paraphrase asked for was not released (the "
                                                   "fallback style was used)."},
         },

@@ -34,7 +34,7 @@ from textguard.corpus import Corpus, document_from_record
 from textguard.errors import ConfigError, CorpusInputError, StoreUnavailableError, TextGuardError
 from textguard.guard import Guard
 from textguard.paraphrase import Paraphraser
-from textguard.policy import REWRITE_STYLES, Rewriting
+from textguard.policy import Rewriting, rewrite_style_problem
 from textguard.serve._http import SKIPPED_HEADER, VERDICT_HEADER, error_body
 from textguard.serve.litellm import PATH as LITELLM_PATH
 from textguard.serve.litellm import LiteLLMGuardrail
@@ -115,8 +115,8 @@ class CheckAPI:
         if not isinstance(text, str):
             raise _BadRequest("'text' must be a string")
         style = payload.get("rewrite_style", self.settings.rewrite_style)
-        if style not in REWRITE_STYLES:
-            raise _BadRequest(f"'rewrite_style' must be one of {', '.join(REWRITE_STYLES)}, not {style!r}")
+        if "rewrite_style" in payload and (problem := rewrite_style_problem(style, self.settings)):
+            raise _BadRequest(f"'rewrite_style': {problem}")
         model = payload.get("model")
         if model is not None and not isinstance(model, str):
             raise _BadRequest("'model' must be a string")

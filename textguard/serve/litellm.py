@@ -36,7 +36,7 @@ from typing import Any
 from textguard.audit import AuditLog
 from textguard.guard import Guard
 from textguard.paraphrase import Paraphraser
-from textguard.policy import REWRITE_STYLES, RewriteStyle, Rewriting, Verdict
+from textguard.policy import RewriteStyle, Rewriting, Verdict, rewrite_style_problem
 from textguard.stream import GuardedStream
 
 __all__ = ["PATH", "LiteLLMGuardrail"]
@@ -139,14 +139,15 @@ class LiteLLMGuardrail:
         if not isinstance(params, dict):
             raise ValueError("'additional_provider_specific_params' must be an object")
         style = params.get("rewrite_style", self.guard.settings.rewrite_style)
-        if style not in REWRITE_STYLES:
-            raise ValueError(f"'rewrite_style' must be one of {', '.join(REWRITE_STYLES)}, not {style!r}")
+        if "rewrite_style" in params and (problem := rewrite_style_problem(style, self.guard.settings)):
+            raise ValueError(f"'rewrite_style': {problem}")
         model = payload.get("model") if isinstance(payload.get("model"), str) else None
         asked = _Asked(style, model)
         if payload.get("input_type") == "request":
             if not params.get("check_requests"):
                 return {"action": "NONE"}
-            return await self._whole(texts, "request", asked)
+            prompt = _Asked(self.guard.policy.applied_style(style), None)  # a prompt is not the model's to restate
+            return await self._whole(texts, "request", prompt)
         call_id = payload.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
             return await self._whole(texts, "response", asked)

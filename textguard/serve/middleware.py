@@ -22,7 +22,7 @@ from textguard._asgi import ASGIApp, Message, Receive, Scope, Send
 from textguard.audit import AuditLog
 from textguard.guard import Guard
 from textguard.paraphrase import Paraphraser
-from textguard.policy import REWRITE_STYLES
+from textguard.policy import REWRITE_STYLES, rewrite_style_problem
 from textguard.serve._http import (
     REQUEST_ID_HEADER,
     REWRITE_STYLE_HEADER,
@@ -76,11 +76,12 @@ class TextGuardMiddleware:
             telemetry.keep_logs_visible()
             self._logs_checked = True
         headers = Headers(scope=scope)
-        style = headers.get(REWRITE_STYLE_HEADER, self.guard.settings.rewrite_style).strip().lower()
-        if style not in REWRITE_STYLES:
-            await send_error(send, 400, f"{REWRITE_STYLE_HEADER} must be one of {', '.join(REWRITE_STYLES)}, "
-                             f"not {style!r}", "invalid_rewrite_style")
+        asked = headers.get(REWRITE_STYLE_HEADER)
+        style = self.guard.settings.rewrite_style if asked is None else asked.strip().lower()
+        if asked is not None and (problem := rewrite_style_problem(style, self.guard.settings)):
+            await send_error(send, 400, f"{REWRITE_STYLE_HEADER}: {problem}", "invalid_rewrite_style")
             return
+        assert style in REWRITE_STYLES
         token = telemetry.request_id.set(request_id(scope))
         try:
             reply = Reply(send, self.guard, self.audit, scope["path"], self.paraphraser, style,
