@@ -58,6 +58,7 @@ def test_scan_with_a_baseline_compares_answer_by_answer(indexed: Settings, two_m
 
     comparison = summary["comparison"]
     assert comparison["paired_answers"] == ANSWERS and comparison["only_in_run"] == 0
+    assert comparison["checked_alike"] == {"known": True, "differences": []}  # from b.out.summary.json
     flagged = comparison["flagged"]
     assert (flagged["only_run"], flagged["only_baseline"]) == (20, 5)  # answers 10-29, and 100-104
     assert flagged["difference"]["estimate"] == float(f"{15 / ANSWERS:.4g}")
@@ -78,13 +79,17 @@ def test_scan_with_a_baseline_compares_answer_by_answer(indexed: Settings, two_m
 
 def test_the_text_summary_says_what_the_comparison_found(indexed: Settings, two_models: tuple[Path, Path, list[dict]],
                                                           tmp_path: Path) -> None:
+    """Also that the baseline was checked with another Q (its summary says so)."""
     a, b, _ = two_models
-    assert run(indexed, "scan", str(b), "--out", str(tmp_path / "b.out.jsonl"), "--quiet").returncode == 0
+    other_q = {"TEXTGUARD_QUOTE_CHARS": str(indexed.quote_chars + 10)}
+    assert run(indexed, "scan", str(b), "--out", str(tmp_path / "b.out.jsonl"), "--quiet",
+               extra_env=other_q).returncode == 0
     done = run(indexed, "scan", str(a), "--out", str(tmp_path / "a.out.jsonl"), "--quiet", "--min-answers", "100",
                "--baseline", str(tmp_path / "b.out.jsonl"))
     assert done.returncode == 0, done.stderr
     assert "this run copies more than the baseline" in done.stdout
     assert "95% intervals" in done.stdout and "fewer than" not in done.stdout  # 120 answers meet a minimum of 100
+    assert "warning: the baseline was checked with other quote_chars" in done.stdout
 
 
 @pytest.mark.parametrize("problem", ["missing", "not_results", "other_inputs"])

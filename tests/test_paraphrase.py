@@ -11,6 +11,10 @@ from collections.abc import Iterator
 import httpx2
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tests.support.chat import ask, collect, openai_client
 from tests.support.helpers import AFTER, BEFORE, longest_shared_run
@@ -174,3 +178,27 @@ def test_a_request_may_ask_only_for_the_styles_allowed(indexed: Settings, record
     with serve(TextGuardMiddleware(create_app(Recorder()), settings=settings)) as guarded, \
             pytest.raises(openai.BadRequestError):
         ask(guarded, answer, extra_headers={"X-TextGuard-Rewrite-Style": "paraphrase"})
+
+
+def test_one_budget_for_all_the_texts_of_an_answer(indexed: Settings, record: dict,
+                                                   paraphrasers: tuple[Paraphrasers, str]) -> None:
+    """A Messages answer of two texts, each with a copy, and a model that hangs: the first text
+    spends the budget, the second is not asked at all, and both fall back."""
+    models, url = paraphrasers
+    settings = _settings(indexed, url, "hang")
+    blocks = [BEFORE + record["text"][1000:1110] + AFTER * 2, BEFORE + record["text"][2000:2110] + AFTER * 2]
+
+    async def messages(request: Request) -> JSONResponse:
+        return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                             "content": [{"type": "text", "text": text} for text in blocks],
+                             "stop_reason": "end_turn", "stop_sequence": None,
+                             "usage": {"input_tokens": 1, "output_tokens": 1}})
+
+    asked_before = len(models.spans("hang"))
+    app = TextGuardMiddleware(Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]), settings=settings)
+    with serve(app) as guarded:
+        answer = httpx2.post(guarded + "/v1/messages", json={"messages": []}, timeout=30)
+    assert answer.headers["x-textguard-rewrite-style"] == "quote"
+    texts = [block["text"] for block in answer.json()["content"]]
+    assert all(f"出自《{record['work']}》" in text for text in texts)
+    assert len(models.spans("hang")) == asked_before + 1

@@ -399,7 +399,8 @@ def _scan(args: argparse.Namespace) -> int:
     if args.baseline is not None:
         try:
             totals["comparison"] = comparison.compare_runs(scan.read_results(options.out), args.baseline,
-                                                           quote_chars=settings.quote_chars)
+                                                           quote_chars=settings.quote_chars,
+                                                           provenance=totals["provenance"])
         except scan.ScanError as exc:  # the summary and report are still written; then this is said
             compared = exc
     summary_path = args.summary or options.out.with_name(options.out.stem + ".summary.json")

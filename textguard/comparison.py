@@ -11,6 +11,7 @@ Answers in only one of the two files are counted and left out.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from textguard.scan import Record, ScanError, read_results, result_key
-from textguard.stats import mcnemar, mean_interval, paired_difference
+from textguard.stats import mcnemar, mean_interval, paired_difference, percent
 from textguard.summary import work_of
 
 __all__ = ["check_baseline", "compare_runs", "format_comparison"]
@@ -60,8 +61,10 @@ def _outcomes(records: Iterable[Record], quote_chars: int, source: str) -> tuple
     return outcomes, authors
 
 
-def compare_runs(run: Iterable[Record], baseline: Path, *, quote_chars: int) -> dict[str, Any]:
-    """The comparison of `run` with the results file `baseline` (same inputs, another model)."""
+def compare_runs(run: Iterable[Record], baseline: Path, *, quote_chars: int,
+                 provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The comparison of `run` with the results file `baseline` (same inputs, another model);
+    with the run's `provenance`, also whether the baseline was checked the same way."""
     check_baseline(baseline)
     ours, our_authors = _outcomes(run, quote_chars, "this run")
     theirs, their_authors = _outcomes(read_results(baseline), quote_chars, str(baseline))
@@ -98,7 +101,26 @@ def compare_runs(run: Iterable[Record], baseline: Path, *, quote_chars: int) -> 
             "baseline": round(mean_interval([o.coverage for _, o in pairs]).estimate, 4),
             "difference": mean_interval([m.coverage - o.coverage for m, o in pairs], bounds=(-1.0, 1.0)).to_dict()},
         "works_moved": works[:_WORKS_SHOWN],
+        "checked_alike": _checked_alike(provenance, baseline),
     }
+
+
+def _checked_alike(provenance: dict[str, Any] | None, baseline: Path) -> dict[str, Any]:
+    """Whether the baseline's summary (beside it, as `scan` writes it) records the same deciding
+    settings and index as this run: a difference between two models means little if the guard
+    changed between their scans."""
+    summary_path = baseline.with_name(baseline.stem + ".summary.json")
+    try:
+        theirs = json.loads(summary_path.read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        theirs = None
+    if provenance is None or not isinstance(theirs, dict):
+        return {"known": False, "differences": []}
+    ours_settings, their_settings = provenance["settings"], theirs.get("settings") or {}
+    differences = [name for name in ours_settings if their_settings.get(name) != ours_settings[name]]
+    if provenance["index"].get("fingerprint") != (theirs.get("index") or {}).get("fingerprint"):
+        differences.append("index")
+    return {"known": True, "differences": differences}
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
@@ -112,9 +134,17 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     else:
         said = f"no difference beyond noise (McNemar p = {flagged['p_value']:.3g})"
     lines = [f"against {c['baseline']}: {c['paired_answers']:,} answers paired "
-             f"({c['only_in_run']:,} only here, {c['only_in_baseline']:,} only there)",
-             f"  flagged {flagged['run']['estimate']:.2%} vs {flagged['baseline']['estimate']:.2%}: difference "
-             f"{difference['estimate']:+.2%} [{difference['low']:+.2%}, {difference['high']:+.2%}]; {said}"]
+             f"({c['only_in_run']:,} only here, {c['only_in_baseline']:,} only there)"]
+    alike = c["checked_alike"]
+    if alike["differences"]:
+        lines.append(f"  warning: the baseline was checked with other {', '.join(alike['differences'])}; "
+                     "part of the difference may be the guard's, not the model's")
+    elif not alike["known"]:
+        lines.append("  (no summary beside the baseline: whether it was checked with the same settings and index "
+                     "is not known)")
+    lines.append(f"  flagged {percent(flagged['run']['estimate'])} vs {percent(flagged['baseline']['estimate'])}: "
+                 f"difference {percent(difference['estimate'], True)} [{percent(difference['low'], True)}, "
+                 f"{percent(difference['high'], True)}]; {said}")
     if c["works_moved"]:
         lines.append("  works that moved most (answers copying them, run vs baseline):")
         lines.extend(f"    《{w['work']}》 {w['author']}: {w['run_answers']:,} vs {w['baseline_answers']:,} "

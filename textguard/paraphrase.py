@@ -5,9 +5,10 @@ flagged quotes, check again, abstain if a long quote survives).
 Each flagged span is sent alone to an OpenAI-compatible chat endpoint (the spans of one answer
 at once) and the restatements take the spans' places; the new answer is checked whole. What it
 still copies is restated again, up to `paraphrase_attempts` times, all within
-`paraphrase_timeout_ms`. A restatement that still copies, a model that fails or hangs, and a
-check that cannot run all leave the verdict the policy gave (`paraphrase_fallback`, notice or
-quote), saying why in `paraphrase_failure`. A blocked answer is not paraphrased: restating most
+`paraphrase_timeout_ms` (one budget per answer, whatever its number of texts). A restatement
+that still copies, a model that fails or hangs, and a check that cannot run all leave the
+verdict the policy gave (`paraphrase_fallback`, notice or quote), saying why in
+`paraphrase_failure`. A blocked answer is not paraphrased: restating most
 of a work is an adaptation of it (改编), not a quotation.
 
 The model is `paraphrase_url`, or else the app the middleware guards (the proxy's upstream in
@@ -49,14 +50,24 @@ class Paraphraser:
         """`app`: the model to ask when `paraphrase_url` is not set (in-process, no network)."""
         self.guard = guard
         self.settings = guard.settings
-        timeout = httpx2.Timeout(self.settings.paraphrase_timeout_ms / 1000)
+        self._app = app
         self._own_key = self.settings.paraphrase_url is not None
-        self._client: httpx2.AsyncClient | None = None
-        if self.settings.paraphrase_url is not None:
-            self._client = httpx2.AsyncClient(base_url=self.settings.paraphrase_url.rstrip("/"), timeout=timeout)
-        elif app is not None:
-            transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)  # an app that fails: a 500
-            self._client = httpx2.AsyncClient(transport=transport, base_url=_IN_PROCESS_URL, timeout=timeout)
+        self._http: httpx2.AsyncClient | None = None  # opened at the first paraphrase, again after aclose()
+
+    @property
+    def _can_ask(self) -> bool:
+        return self.settings.paraphrase_url is not None or self._app is not None
+
+    def _client(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            timeout = httpx2.Timeout(self.settings.paraphrase_timeout_ms / 1000)
+            if self.settings.paraphrase_url is not None:
+                self._http = httpx2.AsyncClient(base_url=self.settings.paraphrase_url.rstrip("/"), timeout=timeout)
+            else:
+                assert self._app is not None  # (`_can_ask`)
+                transport = httpx2.ASGITransport(app=self._app, raise_app_exceptions=False)  # a failing app: a 500
+                self._http = httpx2.AsyncClient(transport=transport, base_url=_IN_PROCESS_URL, timeout=timeout)
+        return self._http
 
     async def restate(self, text: str, verdict: Verdict, rewriting: Rewriting, *, model: str | None = None,
                       authorization: str | None = None) -> Verdict:
@@ -66,10 +77,12 @@ class Paraphraser:
         if rewriting.style != "paraphrase" or verdict.verdict != "rewrite":
             return verdict
         model = self.settings.paraphrase_model or model
-        if self._client is None or not model:
+        if not self._can_ask or not model:
             return self._fell_back(verdict, "no_model")
         started = time.perf_counter()
-        deadline = asyncio.get_running_loop().time() + self.settings.paraphrase_timeout_ms / 1000
+        if rewriting.paraphrase_until is None:  # one budget for all the texts of the answer
+            rewriting.paraphrase_until = asyncio.get_running_loop().time() + self.settings.paraphrase_timeout_ms / 1000
+        deadline = rewriting.paraphrase_until
         headers = self._headers(authorization)
         current, spans = text, _apart(verdict.matches)
         for _ in range(self.settings.paraphrase_attempts):
@@ -110,10 +123,9 @@ class Paraphraser:
                 ask.cancel()
 
     async def _ask(self, span: str, model: str, headers: dict[str, str]) -> str:
-        assert self._client is not None
         body = {"model": model, "stream": False, "max_tokens": 64 + 3 * len(span),
                 "messages": [{"role": "user", "content": self.settings.paraphrase_prompt.replace("{text}", span)}]}
-        response = await self._client.post("/chat/completions", json=body, headers=headers)
+        response = await self._client().post("/chat/completions", json=body, headers=headers)
         response.raise_for_status()
         return _content(response.json())
 
@@ -123,8 +135,9 @@ class Paraphraser:
         return replace(verdict, paraphrase_failure=reason)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
 
 def _content(answer: Any) -> str:

@@ -86,6 +86,7 @@ class Rewriting:
 
     style: RewriteStyle
     quoted: set[str] = field(default_factory=set)
+    paraphrase_until: float | None = None  # the answer's paraphrasing budget ends (loop time), once begun
 
 
 def rewrite_style_problem(style: object, settings: Settings) -> str | None:

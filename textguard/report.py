@@ -226,7 +226,16 @@ def _comparison_html(comparison: dict[str, Any] | None) -> str:
                        [[f"《{w['work']}》", w["author"], f"{w['run_answers']:,}", f"{w['baseline_answers']:,}",
                          f"{w['difference']:+,}", f"{w['p_value']:.3g}"] for w in comparison["works_moved"]],
                        numeric_from=2)
-    return (f'<section id="comparison"><h2>与基线对比</h2><p>基线：{html.escape(comparison["baseline"])} · 配对回答 '
+    alike = comparison.get("checked_alike", {"known": False, "differences": []})
+    if alike["differences"]:
+        caution = (f'<p class="warning" id="alike-warning">基线扫描时的设置或索引与本次不同（'
+                   f'{html.escape("、".join(alike["differences"]))}）：差值可能部分来自核查条件的变化，而非模型本身。</p>')
+    elif not alike["known"]:
+        caution = '<p class="meta">基线旁没有扫描概要，无法确认两次扫描使用相同的设置与索引。</p>'
+    else:
+        caution = ""
+    return (f'<section id="comparison"><h2>与基线对比</h2>{caution}'
+            f'<p>基线：{html.escape(comparison["baseline"])} · 配对回答 '
             f'{comparison["paired_answers"]:,} 条（仅本次 {comparison["only_in_run"]:,}，仅基线 '
             f'{comparison["only_in_baseline"]:,}，不计入）。差值为本次减基线；p &lt; 0.05 视为超出随机波动。</p>'
             f"{figures}<h3>变化最大的作品</h3>{moved}</section>")

@@ -87,7 +87,7 @@ class Settings:
     paraphrase_attempts: int = 2
     """Restatements tried (each of what the last one still copied) before falling back."""
     paraphrase_timeout_ms: float = 20_000.0
-    """Longest the model may take over one answer's restatements, all attempts together."""
+    """Longest the model may take over one answer's restatements, all its texts and attempts together."""
     request_rewrite_styles: tuple[str, ...] = ("notice", "quote", "paraphrase")
     """The styles a request may ask for (header, check API field, LiteLLM params); another is
     refused (400). Narrow it where clients must not spend the paraphrasing model."""

@@ -68,6 +68,9 @@ class TextGuardMiddleware:
         return self._audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing_at_shutdown(send))
+            return
         if scope["type"] != "http" or scope["method"] == "HEAD" \
                 or not any(fnmatch.fnmatchcase(scope["path"], p) for p in self.paths):
             await self.app(scope, receive, send)  # HEAD answers carry no text to check
@@ -89,6 +92,16 @@ class TextGuardMiddleware:
             await _Responder(self.app, reply, scope, receive).run()
         finally:
             telemetry.request_id.reset(token)
+
+
+    def _closing_at_shutdown(self, send: Send) -> Send:
+        """`send`, closing the paraphrasing model's connections once the app has shut down."""
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.paraphraser.aclose()
+            await send(message)
+        return closing
 
 
 class _Responder:
