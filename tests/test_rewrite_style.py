@@ -8,14 +8,10 @@ import re
 
 import httpx2
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from tests.support.chat import ask, collect, openai_client
 from tests.support.helpers import AFTER, BEFORE, longest_shared_run
-from tests.support.llm_app import Recorder, create_app
+from tests.support.llm_app import Recorder, create_app, messages_request
 from tests.support.servers import serve
 from textguard import Guard, Settings
 from textguard.normalise import normalise
@@ -83,17 +79,8 @@ def test_one_quotation_per_work_across_the_texts_of_one_answer(quoting: Settings
     """A Messages answer of two text blocks, each copying the same work: the first copy is
     quoted, the second gets the notice alone."""
     blocks = [BEFORE + record["text"][1000:1100] + AFTER * 2, BEFORE + record["text"][2000:2100] + AFTER * 2]
-
-    async def messages(request: Request) -> JSONResponse:
-        return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant", "model": "fake",
-                             "content": [{"type": "text", "text": text} for text in blocks],
-                             "stop_reason": "end_turn", "stop_sequence": None,
-                             "usage": {"input_tokens": 1, "output_tokens": 1}})
-
-    app = TextGuardMiddleware(Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]),
-                              settings=quoting)
-    with serve(app) as url:
-        answer = httpx2.post(url + "/v1/messages", json={"messages": []}, timeout=30).json()
+    with serve(TextGuardMiddleware(create_app(Recorder()), settings=quoting)) as url:
+        answer = httpx2.post(url + "/v1/messages", json=messages_request(blocks), timeout=30).json()
     texts = [block["text"] for block in answer["content"]]
     assert texts[0].count("……”（") == 1 and "……”（" not in texts[1]
     assert all(f"出自《{record['work']}》" in text for text in texts)

@@ -290,11 +290,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.action == "report":
+        return _audit_report(args, settings)
     client = connect_sync(settings)
     reader = AuditReader(client, settings.index)
-    if args.action == "report":
-        client.close()
-        return _audit_report(args, settings)
     with contextlib.closing(client), unavailable_on_error():
         if args.action == "tail":
             for entry in reader.latest(args.lines):

@@ -40,10 +40,16 @@ class _Outcome:
 def check_baseline(path: Path) -> None:
     """Fail early, before a scan, on a baseline that cannot be compared with: missing, empty, or
     not the results of `textguard scan`. (Whether it shares ids with the run shows only after.)"""
+    _read_baseline(path, quote_chars=1)
+
+
+def _read_baseline(path: Path, *, quote_chars: int) -> tuple[dict[str, _Outcome], dict[str, str]]:
     if not path.is_file():
         raise ScanError(f"{path}: no such results file (the --out of a scan of the same inputs)")
-    if not _outcomes(read_results(path), 1, str(path))[0]:
+    outcomes, authors = _outcomes(read_results(path), quote_chars, str(path))
+    if not outcomes:
         raise ScanError(f"{path}: holds no results of textguard scan")
+    return outcomes, authors
 
 
 def _outcomes(records: Iterable[Record], quote_chars: int, source: str) -> tuple[dict[str, _Outcome], dict[str, str]]:
@@ -65,9 +71,8 @@ def compare_runs(run: Iterable[Record], baseline: Path, *, quote_chars: int,
                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The comparison of `run` with the results file `baseline` (same inputs, another model);
     with the run's `provenance`, also whether the baseline was checked the same way."""
-    check_baseline(baseline)
+    theirs, their_authors = _read_baseline(baseline, quote_chars=quote_chars)
     ours, our_authors = _outcomes(run, quote_chars, "this run")
-    theirs, their_authors = _outcomes(read_results(baseline), quote_chars, str(baseline))
     paired = [key for key in ours if key in theirs]
     if not paired:
         raise ScanError(f"{baseline}: no answer shares an id with this run's; compare scans of the same inputs")

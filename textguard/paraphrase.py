@@ -69,6 +69,13 @@ class Paraphraser:
                 self._http = httpx2.AsyncClient(transport=transport, base_url=_IN_PROCESS_URL, timeout=timeout)
         return self._http
 
+    async def check_whole(self, text: str, rewriting: Rewriting, *, model: str | None = None,
+                          authorization: str | None = None) -> Verdict:
+        """Check a text an answer holds whole (`Guard.check_held`), and restate its copies if the
+        answer asked for a paraphrase."""
+        verdict = await self.guard.check_held(text, rewriting=rewriting)
+        return await self.restate(text, verdict, rewriting, model=model, authorization=authorization)
+
     async def restate(self, text: str, verdict: Verdict, rewriting: Rewriting, *, model: str | None = None,
                       authorization: str | None = None) -> Verdict:
         """`verdict` (of `text`, checked with `rewriting`) with the copies restated, if the answer

@@ -188,13 +188,16 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def messages(request: Request) -> Response:
-        """The Anthropic Messages API, with the events vLLM's /v1/messages sends."""
+        """The Anthropic Messages API, with the events vLLM's /v1/messages sends. A last message of
+        several text blocks is answered with as many blocks (streamed: with one, of them all)."""
         body = await request.json()
-        text = str(body["messages"][-1]["content"])
+        content = body["messages"][-1]["content"]
+        blocks = [str(block["text"]) for block in content] if isinstance(content, list) else [str(content)]
+        text = "".join(blocks)
         usage = {"input_tokens": 7, "output_tokens": 1}
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body.get("model", "fake"),
-                   "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-                   "usage": {"input_tokens": 7, "output_tokens": len(text)}}
+                   "content": [{"type": "text", "text": block} for block in blocks], "stop_reason": "end_turn",
+                   "stop_sequence": None, "usage": {"input_tokens": 7, "output_tokens": len(text)}}
         if not body.get("stream"):
             recorder.completed += 1
             return JSONResponse(message)
@@ -273,6 +276,12 @@ def create_app(recorder: Recorder, chunk_chars: int = 3, delay: float = 0.0) -> 
                              Route("/api/generate", ollama, methods=["POST"]),
                              Route("/v1/unknown", unknown, methods=["POST"]),
                              Route("/v1/other", other), Route("/v1/cookie", cookie)]), recorder)
+
+
+def messages_request(blocks: list[str]) -> dict[str, Any]:
+    """A Messages API request that the fake model answers with `blocks`, a text block each."""
+    return {"model": "fake", "max_tokens": 1024,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": text} for text in blocks]}]}
 
 
 def default_app() -> ASGIApp:

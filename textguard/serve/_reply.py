@@ -61,9 +61,7 @@ class Reply:
 
     async def check_whole(self, text: str, rewriting: Rewriting, model: str | None = None) -> Verdict:
         """Check an answer's text held whole, and paraphrase its copies if the answer asked to."""
-        verdict = await self.guard.check_held(text, rewriting=rewriting)
-        return await self.paraphraser.restate(text, verdict, rewriting, model=model,
-                                              authorization=self.authorization)
+        return await self.paraphraser.check_whole(text, rewriting, model=model, authorization=self.authorization)
 
     async def record(self, verdict: Verdict, text: str) -> None:
         await self.audit.record(verdict, self.path, text)

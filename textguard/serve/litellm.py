@@ -155,12 +155,7 @@ class LiteLLMGuardrail:
 
     async def _check(self, texts: Sequence[str], asked: _Asked) -> list[Verdict]:
         """Each text checked whole, its copies paraphrased if the call asked for it."""
-        verdicts = []
-        for text in texts:
-            rewriting = Rewriting(asked.style)
-            verdict = await self.guard.check_held(text, rewriting=rewriting)
-            verdicts.append(await self.paraphraser.restate(text, verdict, rewriting, model=asked.model))
-        return verdicts
+        return [await self.paraphraser.check_whole(text, Rewriting(asked.style), model=asked.model) for text in texts]
 
     async def _whole(self, texts: Sequence[str], kind: str, asked: _Asked) -> dict[str, Any]:
         """Texts that are not a stream's: judged whole, now."""
